@@ -1,0 +1,1 @@
+//! f64 oracle. SKELETON: to be written.
