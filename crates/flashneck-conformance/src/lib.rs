@@ -161,6 +161,41 @@ pub fn assert_close_f64(what: &str, got: &[f64], want: &[f64], tol: f64, seed: u
     }
 }
 
+/// Run `case(value, seed)` on `cfg.cases` draws of `strategy` with proptest, seeded from
+/// [`fresh_rng`] (so `FLASHNECK_SEED=seed` replays every case) and writing no regression files.
+/// Panics with `what`, the minimal failing case and the seed.
+#[track_caller]
+pub fn property<S: proptest::strategy::Strategy>(
+    cfg: Config,
+    what: &str,
+    strategy: S,
+    case: impl Fn(S::Value, u64),
+) {
+    use proptest::test_runner::{Config as ProptestConfig, RngAlgorithm, TestRng, TestRunner};
+    let (_, seed) = fresh_rng();
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    let config = ProptestConfig {
+        cases: cfg.cases,
+        failure_persistence: None,
+        max_shrink_iters: 32,
+        ..ProptestConfig::default()
+    };
+    let mut runner =
+        TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &bytes));
+    if let Err(e) = runner.run(&strategy, |v| {
+        case(v, seed);
+        Ok(())
+    }) {
+        panic!("{what}: {e}; replay with FLASHNECK_SEED={seed}");
+    }
+}
+
+/// The bit patterns of `x` (through the exact widening to f64), for bitwise comparisons.
+pub fn bits<T: Element>(x: &[T]) -> Vec<u64> {
+    x.iter().map(|v| v.to_f64().to_bits()).collect()
+}
+
 /// Interpret an op's result: `Some(value)` when it ran; `None` (after one printed `skip:` line)
 /// when it returned `Unsupported` and the backend does not claim the op for `dtype`. Panics
 /// when a claimed op is unsupported, or on any other error.

@@ -235,7 +235,7 @@ pub fn local_anchor_block(p: &AttentionParams, qb: usize) -> Option<usize> {
     }
     let key = ((qb as i64 + 1) * BLOCK as i64 - 1 + s.len_k as i64 - s.len_q as i64)
         .min(s.len_k as i64 - 1);
-    (key >= 0).then(|| key as usize / BLOCK)
+    (key >= 0).then_some(key as usize / BLOCK)
 }
 
 /// Re-ttention's row scale `rho = exp(lse_sparse − lse_full)`: the share of softmax mass the

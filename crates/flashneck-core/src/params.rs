@@ -88,7 +88,7 @@ impl AttentionShape {
         if self.heads_kv == 0 {
             return Err(Error::bad("heads_kv", ">= 1", self.heads_kv));
         }
-        if self.heads_q % self.heads_kv != 0 {
+        if !self.heads_q.is_multiple_of(self.heads_kv) {
             return Err(Error::bad(
                 "heads_q",
                 format!("a multiple of heads_kv = {}", self.heads_kv),
@@ -275,7 +275,7 @@ impl GrKanParams {
         if self.groups == 0 {
             return Err(Error::bad("groups", ">= 1", self.groups));
         }
-        if self.channels == 0 || self.channels % self.groups != 0 {
+        if self.channels == 0 || !self.channels.is_multiple_of(self.groups) {
             return Err(Error::bad(
                 "channels",
                 format!("a positive multiple of groups = {}", self.groups),
@@ -320,7 +320,11 @@ impl GrKanParams {
         da: usize,
         db: usize,
     ) -> Result<()> {
-        self.check_forward(x, a, b, dy)?;
+        self.validate()?;
+        check_len("x", x, self.x_len())?;
+        check_len("a", a, self.a_len())?;
+        check_len("b", b, self.b_len())?;
+        check_len("dy", dy, self.x_len())?;
         check_len("dx", dx, self.x_len())?;
         check_len("da", da, self.a_len())?;
         check_len("db", db, self.b_len())
