@@ -1,0 +1,251 @@
+//! The one launch interface: a [`Device`] is a real GPU (cudarc) or the CPU emulator, and the
+//! host code of every op (grid, block, shared memory, arguments) drives both through
+//! [`Device::launch`], so the launch arithmetic is tested under emulation too.
+//!
+//! Modules: each `.cu` source is compiled by NVRTC at most once per process and device, to a
+//! cubin for the device's exact architecture (`sm_XY` from its compute capability: the driver
+//! refuses PTX newer than itself, a cubin it takes as is), on first use of one of its kernels.
+
+use crate::kernels;
+use crate::nvrtc;
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, sys};
+use flashneck_core::{Error, Result};
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Backend names used in errors and in `info()`.
+pub const REAL: &str = "cuda";
+pub const EMULATED: &str = "cuda-emu";
+
+/// Grid, block and dynamic shared memory of one launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchConfig {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub shared_bytes: u32,
+}
+
+impl LaunchConfig {
+    /// A 1-D grid of `blocks` blocks of `threads` threads, no dynamic shared memory.
+    pub fn linear(blocks: u32, threads: u32) -> Self {
+        LaunchConfig {
+            grid: [blocks, 1, 1],
+            block: [threads, 1, 1],
+            shared_bytes: 0,
+        }
+    }
+}
+
+/// One kernel argument, of exactly the kernel parameter's C type.
+#[derive(Clone, Copy, Debug)]
+pub enum Arg {
+    /// A device pointer (a host address under emulation); 0 for a null pointer.
+    Ptr(u64),
+    I32(i32),
+    U64(u64),
+    F32(f32),
+}
+
+/// A real device: its context, its one stream, and the modules compiled for it.
+pub struct RealDevice {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    /// `sm_XY` of the device.
+    pub arch: String,
+    pub name: String,
+    /// Loaded modules by index into [`kernels::SOURCES`].
+    modules: Mutex<HashMap<usize, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<String, CudaFunction>>,
+}
+
+/// Where kernels run.
+pub enum Device {
+    /// Shared by every backend on the same ordinal in this process (one context, one stream,
+    /// one set of loaded modules).
+    Real(Arc<RealDevice>),
+    Emulated,
+}
+
+fn driver_error(e: impl std::fmt::Debug) -> Error {
+    Error::device(REAL, format!("{e:?}"))
+}
+
+/// Cubins compiled in this process, by (source index, arch): NVRTC runs once per source and
+/// architecture, however many backends are created.
+type CubinCache = Mutex<HashMap<(usize, String), Arc<Vec<u8>>>>;
+
+fn cubin_cache() -> &'static CubinCache {
+    static CACHE: OnceLock<CubinCache> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn cubin_for(source: usize, arch: &str) -> Result<Arc<Vec<u8>>> {
+    let mut cache = cubin_cache()
+        .lock()
+        .map_err(|_| Error::device(REAL, "the cubin cache lock is poisoned"))?;
+    if let Some(c) = cache.get(&(source, arch.to_string())) {
+        return Ok(c.clone());
+    }
+    let (name, src) = kernels::SOURCES[source];
+    let compiled = nvrtc::compile(src, name, arch, &[]).map_err(|log| Error::device(REAL, log))?;
+    let c = Arc::new(compiled.image);
+    cache.insert((source, arch.to_string()), c.clone());
+    Ok(c)
+}
+
+/// Whether libcuda can be loaded (cudarc panics on first use otherwise).
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen the driver library by its usual names.
+    unsafe { sys::is_culib_present() }
+}
+
+impl RealDevice {
+    /// Device `ordinal`, opened on first use and shared afterwards. Errors (never panics)
+    /// without a driver or device.
+    pub fn get(ordinal: usize) -> Result<Arc<Self>> {
+        static OPEN: OnceLock<Mutex<HashMap<usize, Arc<RealDevice>>>> = OnceLock::new();
+        let mut open = OPEN
+            .get_or_init(|| Mutex::new(HashMap::new()))
+            .lock()
+            .map_err(|_| Error::device(REAL, "the device table lock is poisoned"))?;
+        if let Some(d) = open.get(&ordinal) {
+            return Ok(d.clone());
+        }
+        let d = Arc::new(Self::open(ordinal)?);
+        open.insert(ordinal, d.clone());
+        Ok(d)
+    }
+
+    fn open(ordinal: usize) -> Result<Self> {
+        if !driver_present() {
+            return Err(Error::device(
+                REAL,
+                "no CUDA driver (libcuda) on this machine",
+            ));
+        }
+        let count = CudaContext::device_count().map_err(driver_error)?;
+        if ordinal >= count.max(0) as usize {
+            return Err(Error::device(
+                REAL,
+                format!("device {ordinal} requested, {count} present"),
+            ));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(driver_error)?;
+        // One stream and raw launches: cudarc's per-buffer event tracking is not needed.
+        // SAFETY: called before any buffer or stream of this context exists.
+        unsafe { ctx.disable_event_tracking() };
+        let (major, minor) = ctx.compute_capability().map_err(driver_error)?;
+        let name = ctx.name().map_err(driver_error)?;
+        let stream = ctx.default_stream();
+        Ok(RealDevice {
+            ctx,
+            stream,
+            arch: format!("sm_{major}{minor}"),
+            name,
+            modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn function(&self, kernel: &str) -> Result<CudaFunction> {
+        fn lock_err<G>(_: G) -> Error {
+            Error::device(REAL, "a module lock is poisoned")
+        }
+        if let Some(f) = self.functions.lock().map_err(lock_err)?.get(kernel) {
+            return Ok(f.clone());
+        }
+        let source = kernels::source_of(kernel)
+            .ok_or_else(|| Error::device(REAL, format!("no source exports kernel `{kernel}`")))?;
+        let module = {
+            let mut modules = self.modules.lock().map_err(lock_err)?;
+            match modules.get(&source) {
+                Some(m) => m.clone(),
+                None => {
+                    let cubin = cubin_for(source, &self.arch)?;
+                    let m = self
+                        .ctx
+                        .load_module(cudarc::nvrtc::Ptx::from_binary(cubin.to_vec()))
+                        .map_err(driver_error)?;
+                    modules.insert(source, m.clone());
+                    m
+                }
+            }
+        };
+        let f = module.load_function(kernel).map_err(driver_error)?;
+        self.functions
+            .lock()
+            .map_err(lock_err)?
+            .insert(kernel.to_string(), f.clone());
+        Ok(f)
+    }
+}
+
+impl Device {
+    /// The backend name for errors.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Device::Real(_) => REAL,
+            Device::Emulated => EMULATED,
+        }
+    }
+
+    /// Launch `kernel` over `cfg` with `args` (in the kernel's parameter order). Real devices
+    /// queue the launch on the stream; the emulator runs it to completion.
+    pub fn launch(&self, kernel: &str, cfg: &LaunchConfig, args: &[Arg]) -> Result<()> {
+        if cfg.grid.contains(&0) || cfg.block.contains(&0) {
+            return Err(Error::device(
+                self.backend(),
+                format!("{kernel}: empty launch {cfg:?}"),
+            ));
+        }
+        // cuLaunchKernel's convention: entry i points at the value of argument i.
+        let mut values: Vec<Arg> = args.to_vec();
+        let mut ptrs: Vec<*mut c_void> = values
+            .iter_mut()
+            .map(|a| match a {
+                Arg::Ptr(v) | Arg::U64(v) => v as *mut u64 as *mut c_void,
+                Arg::I32(v) => v as *mut i32 as *mut c_void,
+                Arg::F32(v) => v as *mut f32 as *mut c_void,
+            })
+            .collect();
+        match self {
+            Device::Emulated => {
+                let c = crate::emu::EmuLaunchConfig {
+                    grid: cfg.grid,
+                    block: cfg.block,
+                    shared_bytes: cfg.shared_bytes,
+                };
+                crate::emu::launch(kernel, &c, &mut ptrs)
+                    .map_err(|e| Error::device(EMULATED, format!("{kernel}: {e}")))
+            }
+            Device::Real(d) => {
+                let f = d.function(kernel)?;
+                // Raw driver calls use the calling thread's current context.
+                d.ctx.bind_to_thread().map_err(driver_error)?;
+                // SAFETY: `ptrs` holds one pointer per kernel parameter, each to a value of the
+                // parameter's type that lives until the call returns (the driver copies them);
+                // device pointers come from live buffers sized by the op's validated params.
+                unsafe {
+                    cudarc::driver::result::launch_kernel(
+                        f.cu_function(),
+                        (cfg.grid[0], cfg.grid[1], cfg.grid[2]),
+                        (cfg.block[0], cfg.block[1], cfg.block[2]),
+                        cfg.shared_bytes,
+                        d.stream.cu_stream(),
+                        &mut ptrs,
+                    )
+                }
+                .map_err(|e| Error::device(REAL, format!("{kernel}: launch failed: {e:?}")))
+            }
+        }
+    }
+
+    /// Wait for all queued work.
+    pub fn synchronize(&self) -> Result<()> {
+        match self {
+            Device::Emulated => Ok(()),
+            Device::Real(d) => d.stream.synchronize().map_err(driver_error),
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Device timing for the benches: CUDA events, the copy bandwidth that the bandwidth-bound
+//! kernels are judged against, and cuBLAS's bf16 GEMM rate.
+
+use crate::device::{Device, EMULATED, REAL};
+use cudarc::driver::{DevicePtr, DevicePtrMut, sys::CUevent_flags};
+use flashneck_core::{Error, Result};
+use std::time::Instant;
+
+fn real(e: impl std::fmt::Debug) -> Error {
+    Error::device(REAL, format!("{e:?}"))
+}
+
+/// Milliseconds `f` takes on the device.
+pub fn time_ms(dev: &Device, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+    match dev {
+        Device::Emulated => {
+            let t = Instant::now();
+            f()?;
+            Ok(t.elapsed().as_secs_f64() * 1e3)
+        }
+        Device::Real(d) => {
+            d.ctx.bind_to_thread().map_err(real)?;
+            let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
+            let start = d.ctx.new_event(flags).map_err(real)?;
+            let end = d.ctx.new_event(flags).map_err(real)?;
+            start.record(&d.stream).map_err(real)?;
+            f()?;
+            end.record(&d.stream).map_err(real)?;
+            end.synchronize().map_err(real)?;
+            Ok(start.elapsed_ms(&end).map_err(real)? as f64)
+        }
+    }
+}
+
+/// `2 · bytes / time` of a device-to-device copy, best of 5 after a warm-up, in GB/s.
+pub fn copy_bandwidth_gbs(dev: &Device, bytes: usize) -> Result<f64> {
+    if bytes == 0 {
+        return Err(Error::bad("bytes", ">= 1", 0));
+    }
+    let mut best = f64::INFINITY;
+    match dev {
+        Device::Emulated => {
+            let src = vec![1u8; bytes];
+            let mut dst = vec![0u8; bytes];
+            for _ in 0..3 {
+                let t = Instant::now();
+                dst.copy_from_slice(&src);
+                std::hint::black_box(&mut dst);
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+        }
+        Device::Real(d) => {
+            let src = d.stream.alloc_zeros::<u8>(bytes).map_err(real)?;
+            let mut dst = d.stream.alloc_zeros::<u8>(bytes).map_err(real)?;
+            d.stream.memcpy_dtod(&src, &mut dst).map_err(real)?;
+            for _ in 0..5 {
+                let ms = time_ms(dev, &mut || {
+                    d.stream.memcpy_dtod(&src, &mut dst).map_err(real)
+                })?;
+                best = best.min(ms / 1e3);
+            }
+            // Both buffers outlive the timed copies (events were synchronized).
+        }
+    }
+    Ok(2.0 * bytes as f64 / best / 1e9)
+}
+
+/// cuBLAS bf16 GEMM (`n × n × n`, f32 accumulation) in TFLOP/s, best of 5 after a warm-up.
+pub fn gemm_bf16_tflops(dev: &Device, n: usize) -> Result<f64> {
+    use cudarc::cublas::{CudaBlas, result::gemm_ex, sys};
+    let Device::Real(d) = dev else {
+        return Err(Error::unsupported(EMULATED, "cuBLAS GEMM on the emulator"));
+    };
+    // SAFETY: only tries to dlopen libcublas by its usual names.
+    if !unsafe { sys::is_culib_present() } {
+        return Err(Error::unsupported(REAL, "libcublas not found"));
+    }
+    let dim = i32::try_from(n).map_err(|_| Error::bad("n", "<= i32::MAX", n))?;
+    if n == 0 {
+        return Err(Error::bad("n", ">= 1", 0));
+    }
+    d.ctx.bind_to_thread().map_err(real)?;
+    let blas = CudaBlas::new(d.stream.clone()).map_err(real)?;
+    let bytes = n * n * 2;
+    // Random-ish bits would be better for clocks; 0x3c00-ish ones are fine for a rate.
+    let a = d.stream.clone_htod(&vec![0x3c_u8; bytes]).map_err(real)?;
+    let b = d.stream.clone_htod(&vec![0x3b_u8; bytes]).map_err(real)?;
+    let mut c = d.stream.alloc_zeros::<u8>(n * n * 4).map_err(real)?;
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    let (pa, _ga) = a.device_ptr(&d.stream);
+    let (pb, _gb) = b.device_ptr(&d.stream);
+    let (pc, _gc) = c.device_ptr_mut(&d.stream);
+    let mut run = || -> Result<()> {
+        // SAFETY: a, b hold n·n bf16 and c n·n f32 on this stream's device; alpha and beta are
+        // f32 as the f32 compute type requires; the handle is bound to the same stream.
+        unsafe {
+            gemm_ex(
+                *blas.handle(),
+                sys::cublasOperation_t::CUBLAS_OP_N,
+                sys::cublasOperation_t::CUBLAS_OP_N,
+                dim,
+                dim,
+                dim,
+                &alpha as *const f32 as *const _,
+                pa as *const _,
+                sys::cudaDataType::CUDA_R_16BF,
+                dim,
+                pb as *const _,
+                sys::cudaDataType::CUDA_R_16BF,
+                dim,
+                &beta as *const f32 as *const _,
+                pc as *mut _,
+                sys::cudaDataType::CUDA_R_32F,
+                dim,
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(real)
+    };
+    run()?;
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        best = best.min(time_ms(dev, &mut run)?);
+    }
+    Ok(2.0 * (n as f64).powi(3) / (best / 1e3) / 1e12)
+}
