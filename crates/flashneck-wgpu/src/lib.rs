@@ -1,1 +1,581 @@
-//! SKELETON: the wgpu backend.
+//! # flashneck-wgpu
+//!
+//! The wgpu backend: WGSL ports of flashneck's ops (`kernels/wgsl/*.wgsl`), run through wgpu's
+//! Vulkan backend (lavapipe in CI, any Vulkan GPU elsewhere).
+//!
+//! The device flow follows wgpu's `hello_compute` example, top to bottom in
+//! [`WgpuBackend::new`]: an instance restricted to Vulkan, the adapter, a device with the
+//! adapter's own limits, error handlers that record instead of panicking. Tensors are storage
+//! buffers of 32-bit words: `f32` and `u32` as they are, `f16` and `bf16` widened to `f32` on
+//! upload and narrowed back (round to nearest even) on download; every kernel rounds what it
+//! stores to the op's element type, so device values are always exact values of that type
+//! (docs/wgpu.md says why and what it costs).
+
+mod attention;
+mod device;
+mod grkan;
+mod gumbel;
+pub mod shaders;
+mod timing;
+
+use flashneck_core::{
+    AttentionOps, AttentionParams, Backend, BackendInfo, DType, DeviceBuffer, DeviceLayout,
+    Element, Error, GrKanOps, GrKanParams, GumbelOps, GumbelParams, HeadDims, OpKind, Result,
+    Scalar, SparseAttentionOps, SparseEpilogue, TopkParams, error::check_len,
+};
+use half::{bf16, f16};
+use std::any::TypeId;
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+
+/// Backend name in errors and reports.
+pub(crate) const BACKEND: &str = "wgpu";
+
+/// Bytes per element on the device: every element type is stored as a 32-bit word.
+const WORD: u64 = 4;
+
+/// A tensor (or layout) on the device: a storage buffer of `len` 32-bit words.
+#[derive(Debug)]
+pub struct WgpuBuffer<T> {
+    buffer: wgpu::Buffer,
+    len: usize,
+    _elem: PhantomData<T>,
+}
+
+impl<T> WgpuBuffer<T> {
+    /// The underlying wgpu buffer (at least one word long, even when `len == 0`).
+    pub fn raw(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+}
+
+impl<T: Scalar> DeviceBuffer for WgpuBuffer<T> {
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+/// The first device error reported outside an error scope (uncaptured error or lost device).
+type Fault = Arc<Mutex<Option<String>>>;
+
+/// One wgpu device and queue, with its pipelines built once and cached. Clones share the
+/// device, the queue and the pipeline cache (tests share one backend through clones).
+#[derive(Clone)]
+pub struct WgpuBackend {
+    adapter_info: wgpu::AdapterInfo,
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    limits: wgpu::Limits,
+    features: wgpu::Features,
+    pipelines: Arc<Mutex<device::PipelineCache>>,
+    fault: Fault,
+}
+
+impl WgpuBackend {
+    /// Open a Vulkan adapter (a high-performance one when there is a choice); where there is
+    /// none, a Metal or DX12 one (built in on macOS / Windows only). Never GL.
+    ///
+    /// No adapter gives [`Error::Device`]; so does a device request the adapter refuses.
+    pub fn new() -> Result<Self> {
+        // 1. + 2. An instance and its adapter, Vulkan first. CI asserts that the adapter it
+        //    gets is Vulkan, so a fallback cannot pass unnoticed there.
+        let adapter = request_adapter(wgpu::Backends::VULKAN)
+            .or_else(|vulkan| {
+                request_adapter(wgpu::Backends::METAL | wgpu::Backends::DX12).map_err(|_| vulkan)
+            })
+            .map_err(|e| {
+                Error::device(
+                    BACKEND,
+                    format!(
+                        "no Vulkan adapter ({e}); install a Vulkan driver, e.g. Mesa's lavapipe \
+                         (Debian: mesa-vulkan-drivers)"
+                    ),
+                )
+            })?;
+        let adapter_info = adapter.get_info();
+
+        // 3. A device with the adapter's own limits (wgpu's defaults are lower: storage
+        //    bindings, workgroup memory) and the optional features we can use.
+        let limits = adapter.limits();
+        let wanted = wgpu::Features::SHADER_F16
+            | wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        let features = adapter.features() & wanted;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("flashneck"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::device(BACKEND, format!("device request failed: {e}")))?;
+
+        // 4. Errors outside our error scopes and a lost device are recorded, never panics;
+        //    the next call reports them as Error::Device.
+        let fault: Fault = Arc::new(Mutex::new(None));
+        let f = fault.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| record(&f, e.to_string())));
+        let f = fault.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            record(&f, format!("device lost ({reason:?}): {msg}"))
+        });
+
+        Ok(WgpuBackend {
+            adapter_info,
+            device,
+            queue,
+            limits,
+            features,
+            pipelines: Arc::new(Mutex::new(HashMap::new())),
+            fault,
+        })
+    }
+
+    /// The adapter this backend runs on (name, driver, backend API).
+    pub fn adapter_info(&self) -> wgpu::AdapterInfo {
+        self.adapter_info.clone()
+    }
+
+    /// The device limits in force (the adapter's own).
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// Whether the device has native f16 arithmetic in shaders (`SHADER_F16`). The kernels
+    /// do not need it: halves are computed in f32 (docs/wgpu.md).
+    pub fn has_shader_f16(&self) -> bool {
+        self.features.contains(wgpu::Features::SHADER_F16)
+    }
+
+    /// The four Philox4x32-10 words the shaders compute for one counter and key (for tests
+    /// against SPEC §4's known answers).
+    pub fn philox_words(&self, counter: [u32; 4], key: [u32; 2]) -> Result<[u32; 4]> {
+        gumbel::philox_words(self, counter, key)
+    }
+
+    /// Copy the first `size` bytes of `src` (a COPY_SRC buffer) to the host, waiting for the
+    /// queue.
+    pub(crate) fn read_back(&self, src: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+        let staging = self.scoped(|| {
+            let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("read back"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let mut enc = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+            enc.copy_buffer_to_buffer(src, 0, &staging, 0, size);
+            self.queue.submit([enc.finish()]);
+            staging
+        })?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            // The receiver lives until recv() below returns.
+            let _ = tx.send(r);
+        });
+        self.synchronize()?;
+        rx.recv()
+            .map_err(|_| Error::device(BACKEND, "buffer mapping never completed"))?
+            .map_err(|e| Error::device(BACKEND, format!("buffer mapping failed: {e}")))?;
+        let bytes = staging
+            .get_mapped_range(..)
+            .map_err(|e| Error::device(BACKEND, format!("mapped range: {e}")))?
+            .to_vec();
+        staging.unmap();
+        Ok(bytes)
+    }
+
+    /// Destroy the device now (its memory is freed at once). Every later call on this backend
+    /// and its clones returns [`Error::Device`]; tests use it to exercise the lost-device path.
+    pub fn destroy(&self) {
+        self.device.destroy();
+    }
+
+    /// Fail with the first recorded uncaptured error or device loss.
+    pub(crate) fn check_alive(&self) -> Result<()> {
+        let fault = self
+            .fault
+            .lock()
+            .map_err(|_| Error::device(BACKEND, "fault lock poisoned"))?;
+        match fault.as_ref() {
+            Some(msg) => Err(Error::device(BACKEND, msg.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Check that a buffer of `len` words can be created and bound as storage.
+    fn check_size(&self, len: usize) -> Result<u64> {
+        let bytes = (len.max(1) as u64).saturating_mul(WORD);
+        let max = self
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size);
+        if bytes > max {
+            return Err(Error::bad(
+                "len",
+                format!("a buffer of at most {max} bytes (max_storage_buffer_binding_size)"),
+                format!("{len} elements = {bytes} bytes"),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// A device buffer of `len` words holding `contents` (zeros when `None`).
+    fn create<T>(&self, len: usize, contents: Option<&[u8]>) -> Result<WgpuBuffer<T>> {
+        let size = self.check_size(len)?;
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST;
+        let buffer = self.scoped(|| {
+            // wgpu zero-fills new buffers.
+            let b = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size,
+                usage,
+                mapped_at_creation: false,
+            });
+            if let Some(bytes) = contents.filter(|c| !c.is_empty()) {
+                self.queue.write_buffer(&b, 0, bytes);
+            }
+            b
+        })?;
+        Ok(WgpuBuffer {
+            buffer,
+            len,
+            _elem: PhantomData,
+        })
+    }
+
+    /// A scratch buffer of `len` f32 words (zero-filled) for a kernel's intermediate results.
+    pub(crate) fn alloc_scratch(&self, len: usize) -> Result<wgpu::Buffer> {
+        Ok(self.create::<f32>(len, None)?.buffer)
+    }
+
+    /// The device buffers' word layout of a host slice: halves widened to f32.
+    fn to_words<T: Scalar>(data: &[T]) -> Vec<u8> {
+        let widened: Option<Vec<f32>> = if TypeId::of::<T>() == TypeId::of::<f16>() {
+            let h: &[f16] = bytemuck::cast_slice(data);
+            Some(h.iter().map(|v| v.to_f32()).collect())
+        } else if TypeId::of::<T>() == TypeId::of::<bf16>() {
+            let h: &[bf16] = bytemuck::cast_slice(data);
+            Some(h.iter().map(|v| v.to_f32()).collect())
+        } else {
+            None
+        };
+        match widened {
+            Some(w) => bytemuck::cast_slice(&w).to_vec(),
+            None => bytemuck::cast_slice(data).to_vec(),
+        }
+    }
+
+    /// The host values of device words: f32 narrowed to halves (round to nearest even).
+    fn from_words<T: Scalar>(words: &[u32]) -> Vec<T> {
+        let floats = || words.iter().map(|&w| f32::from_bits(w));
+        if TypeId::of::<T>() == TypeId::of::<f16>() {
+            let h: Vec<f16> = floats().map(f16::from_f32).collect();
+            bytemuck::cast_slice(&h).to_vec()
+        } else if TypeId::of::<T>() == TypeId::of::<bf16>() {
+            let h: Vec<bf16> = floats().map(bf16::from_f32).collect();
+            bytemuck::cast_slice(&h).to_vec()
+        } else {
+            bytemuck::cast_slice(words).to_vec()
+        }
+    }
+
+    /// What this backend runs: every op listed here has a kernel for every dtype.
+    fn implemented_ops() -> Vec<OpKind> {
+        OpKind::ALL.to_vec()
+    }
+}
+
+/// The preferred adapter among `backends`, with its real limits.
+fn request_adapter(backends: wgpu::Backends) -> Result<wgpu::Adapter, wgpu::RequestAdapterError> {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = backends;
+    let instance = wgpu::Instance::new(desc);
+    pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+        power_preference: wgpu::PowerPreference::HighPerformance,
+        force_fallback_adapter: false,
+        compatible_surface: None,
+        // The adapter's real limits, not fingerprint-hiding buckets.
+        apply_limit_buckets: false,
+    }))
+}
+
+fn record(fault: &Fault, msg: String) {
+    if let Ok(mut f) = fault.lock() {
+        f.get_or_insert(msg);
+    }
+}
+
+/// A device layout's buffers must hold what its host copy says (the kernels trust them).
+fn check_layout_buffers(l: &DeviceLayout<WgpuBackend>) -> Result<()> {
+    check_len("layout.counts", l.counts.len(), l.host.counts().len())?;
+    check_len("layout.indices", l.indices.len(), l.host.indices().len())
+}
+
+impl Backend for WgpuBackend {
+    type Buffer<T: Scalar> = WgpuBuffer<T>;
+
+    fn info(&self) -> BackendInfo {
+        let a = &self.adapter_info;
+        BackendInfo {
+            name: BACKEND.into(),
+            device: format!(
+                "{} ({:?}, {:?}, driver {} {})",
+                a.name, a.backend, a.device_type, a.driver, a.driver_info
+            ),
+            head_dims: HeadDims::UpTo(flashneck_core::params::MAX_HEAD_DIM),
+            ops: Self::implemented_ops()
+                .into_iter()
+                .map(|op| (op, DType::ALL.to_vec()))
+                .collect(),
+        }
+    }
+
+    fn upload<T: Scalar>(&self, data: &[T]) -> Result<WgpuBuffer<T>> {
+        self.create(data.len(), Some(&Self::to_words(data)))
+    }
+
+    fn download<T: Scalar>(&self, buf: &WgpuBuffer<T>) -> Result<Vec<T>> {
+        if buf.len == 0 {
+            return Ok(Vec::new());
+        }
+        let bytes = self.read_back(&buf.buffer, buf.len as u64 * WORD)?;
+        Ok(Self::from_words(bytemuck::cast_slice(&bytes)))
+    }
+
+    fn alloc<T: Scalar>(&self, len: usize) -> Result<WgpuBuffer<T>> {
+        self.create(len, None)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.check_alive()?;
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::device(BACKEND, format!("waiting for the device: {e}")))?;
+        self.check_alive()
+    }
+}
+
+impl AttentionOps for WgpuBackend {
+    fn attention_forward<T: Element>(
+        &self,
+        p: &AttentionParams,
+        q: &WgpuBuffer<T>,
+        k: &WgpuBuffer<T>,
+        v: &WgpuBuffer<T>,
+        o: &mut WgpuBuffer<T>,
+        lse: &mut WgpuBuffer<f32>,
+    ) -> Result<()> {
+        p.check_forward(q.len(), k.len(), v.len(), o.len(), lse.len())?;
+        let extras = attention::ForwardExtras {
+            layout: None,
+            row_scale: None,
+            residual: None,
+        };
+        attention::forward(self, p, T::DTYPE, q, k, v, extras, o, lse)
+    }
+
+    fn attention_backward<T: Element>(
+        &self,
+        p: &AttentionParams,
+        q: &WgpuBuffer<T>,
+        k: &WgpuBuffer<T>,
+        v: &WgpuBuffer<T>,
+        o: &WgpuBuffer<T>,
+        d_o: &WgpuBuffer<T>,
+        lse: &WgpuBuffer<f32>,
+        dq: &mut WgpuBuffer<T>,
+        dk: &mut WgpuBuffer<T>,
+        dv: &mut WgpuBuffer<T>,
+    ) -> Result<()> {
+        p.check_backward(
+            q.len(),
+            k.len(),
+            v.len(),
+            o.len(),
+            d_o.len(),
+            lse.len(),
+            dq.len(),
+            dk.len(),
+            dv.len(),
+        )?;
+        let g = attention::Grads {
+            q,
+            k,
+            v,
+            o,
+            d_o,
+            lse,
+            dq,
+            dk,
+            dv,
+        };
+        attention::backward(self, p, T::DTYPE, None, g)
+    }
+}
+
+impl SparseAttentionOps for WgpuBackend {
+    fn sparse_attention_forward<T: Element>(
+        &self,
+        p: &AttentionParams,
+        layout: &DeviceLayout<Self>,
+        q: &WgpuBuffer<T>,
+        k: &WgpuBuffer<T>,
+        v: &WgpuBuffer<T>,
+        epilogue: SparseEpilogue<'_, Self, T>,
+        o: &mut WgpuBuffer<T>,
+        lse: &mut WgpuBuffer<f32>,
+    ) -> Result<()> {
+        p.check_forward(q.len(), k.len(), v.len(), o.len(), lse.len())?;
+        layout.host.check_forward(p)?;
+        check_layout_buffers(layout)?;
+        if let Some(r) = epilogue.row_scale {
+            check_len("row_scale", r.len(), p.shape.lse_len())?;
+        }
+        if let Some(r) = epilogue.residual {
+            check_len("residual", r.len(), p.shape.o_len())?;
+        }
+        let extras = attention::ForwardExtras {
+            layout: Some(layout),
+            row_scale: epilogue.row_scale,
+            residual: epilogue.residual.map(|b| b.raw()),
+        };
+        attention::forward(self, p, T::DTYPE, q, k, v, extras, o, lse)
+    }
+
+    fn sparse_attention_backward<T: Element>(
+        &self,
+        p: &AttentionParams,
+        layout: &DeviceLayout<Self>,
+        layout_t: &DeviceLayout<Self>,
+        q: &WgpuBuffer<T>,
+        k: &WgpuBuffer<T>,
+        v: &WgpuBuffer<T>,
+        o: &WgpuBuffer<T>,
+        d_o: &WgpuBuffer<T>,
+        lse: &WgpuBuffer<f32>,
+        dq: &mut WgpuBuffer<T>,
+        dk: &mut WgpuBuffer<T>,
+        dv: &mut WgpuBuffer<T>,
+    ) -> Result<()> {
+        p.check_backward(
+            q.len(),
+            k.len(),
+            v.len(),
+            o.len(),
+            d_o.len(),
+            lse.len(),
+            dq.len(),
+            dk.len(),
+            dv.len(),
+        )?;
+        layout.host.check_forward(p)?;
+        layout_t.host.check_transposed(p)?;
+        if layout_t.host != layout.host.transpose() {
+            return Err(Error::bad(
+                "layout_t",
+                "the transpose of `layout` (BlockLayout::transpose)",
+                "a different layout",
+            ));
+        }
+        check_layout_buffers(layout)?;
+        check_layout_buffers(layout_t)?;
+        let g = attention::Grads {
+            q,
+            k,
+            v,
+            o,
+            d_o,
+            lse,
+            dq,
+            dk,
+            dv,
+        };
+        attention::backward(self, p, T::DTYPE, Some((layout, layout_t)), g)
+    }
+
+    fn block_topk<T: Element>(
+        &self,
+        p: &AttentionParams,
+        topk: &TopkParams,
+        q: &WgpuBuffer<T>,
+        k: &WgpuBuffer<T>,
+    ) -> Result<DeviceLayout<Self>> {
+        p.validate()?;
+        topk.validate()?;
+        check_len("q", q.len(), p.shape.q_len())?;
+        check_len("k", k.len(), p.shape.k_len())?;
+        attention::block_topk(self, p, topk, T::DTYPE, q, k)
+    }
+}
+
+impl GrKanOps for WgpuBackend {
+    fn grkan_forward<T: Element>(
+        &self,
+        p: &GrKanParams,
+        x: &WgpuBuffer<T>,
+        a: &WgpuBuffer<f32>,
+        b: &WgpuBuffer<f32>,
+        y: &mut WgpuBuffer<T>,
+    ) -> Result<()> {
+        p.check_forward(x.len(), a.len(), b.len(), y.len())?;
+        grkan::forward(self, p, T::DTYPE, x, a, b, y)
+    }
+
+    fn grkan_backward<T: Element>(
+        &self,
+        p: &GrKanParams,
+        x: &WgpuBuffer<T>,
+        a: &WgpuBuffer<f32>,
+        b: &WgpuBuffer<f32>,
+        dy: &WgpuBuffer<T>,
+        dx: &mut WgpuBuffer<T>,
+        da: &mut WgpuBuffer<f32>,
+        db: &mut WgpuBuffer<f32>,
+    ) -> Result<()> {
+        p.check_backward(
+            x.len(),
+            a.len(),
+            b.len(),
+            dy.len(),
+            dx.len(),
+            da.len(),
+            db.len(),
+        )?;
+        grkan::backward(self, p, T::DTYPE, x, a, b, dy, dx, da, db)
+    }
+}
+
+impl GumbelOps for WgpuBackend {
+    fn gumbel_softmax_forward<T: Element>(
+        &self,
+        p: &GumbelParams,
+        logits: &WgpuBuffer<T>,
+        y: &mut WgpuBuffer<T>,
+        y_soft: Option<&mut WgpuBuffer<f32>>,
+    ) -> Result<()> {
+        p.check_forward(logits.len(), y.len(), y_soft.as_ref().map(|b| b.len()))?;
+        gumbel::forward(self, p, T::DTYPE, logits, y, y_soft)
+    }
+
+    fn gumbel_softmax_backward<T: Element>(
+        &self,
+        p: &GumbelParams,
+        y_soft: &WgpuBuffer<f32>,
+        dy: &WgpuBuffer<T>,
+        dlogits: &mut WgpuBuffer<T>,
+    ) -> Result<()> {
+        p.check_backward(y_soft.len(), dy.len(), dlogits.len())?;
+        gumbel::backward(self, p, T::DTYPE, y_soft, dy, dlogits)
+    }
+
+    fn gumbel_noise(&self, seed: u64, offset: u64, out: &mut WgpuBuffer<f32>) -> Result<()> {
+        gumbel::noise(self, seed, offset, out)
+    }
+}

@@ -1,0 +1,170 @@
+//! Gumbel-Softmax on the device (SPEC §4): the host side of `kernels/wgsl/gumbel.wgsl`.
+
+use crate::device::{Bind, Launch};
+use crate::shaders::Shader;
+use crate::{BACKEND, WgpuBackend, WgpuBuffer};
+use flashneck_core::{Backend, DType, Error, GumbelParams, Result};
+
+/// Threads per workgroup of every Gumbel kernel.
+const WG: u64 = 64;
+/// Rows up to this many classes run one thread per row (`*_rows` entry points); longer rows
+/// get a workgroup each.
+const SHORT_ROW: usize = 64;
+
+/// The entry point and workgroup count for `rows` rows of `p.classes`.
+fn row_launch(
+    p: &GumbelParams,
+    per_row: &'static str,
+    per_thread: &'static str,
+) -> (&'static str, u64) {
+    if p.classes <= SHORT_ROW {
+        (per_thread, (p.rows as u64).div_ceil(WG))
+    } else {
+        (per_row, p.rows as u64)
+    }
+}
+
+/// Must match `Params` in gumbel.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    classes: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    offset_lo: u32,
+    offset_hi: u32,
+    hard: u32,
+    has_y_soft: u32,
+    inv_tau: f32,
+    elements: u32,
+}
+
+impl Params {
+    fn new(seed: u64, offset: u64) -> Self {
+        Params {
+            seed_lo: seed as u32,
+            seed_hi: (seed >> 32) as u32,
+            offset_lo: offset as u32,
+            offset_hi: (offset >> 32) as u32,
+            ..Params::default()
+        }
+    }
+
+    fn of(p: &GumbelParams) -> Result<Self> {
+        // The shader indexes flat elements with u32 (the Philox counter's high word is 0).
+        if p.len() > u32::MAX as usize {
+            return Err(Error::unsupported(
+                BACKEND,
+                format!("{} elements: the WGSL kernels index below 2^32", p.len()),
+            ));
+        }
+        Ok(Params {
+            rows: p.rows as u32,
+            classes: p.classes as u32,
+            hard: u32::from(p.hard),
+            inv_tau: 1.0 / p.tau,
+            elements: p.len() as u32,
+            ..Params::new(p.seed, p.offset)
+        })
+    }
+}
+
+pub(crate) fn forward<T>(
+    be: &WgpuBackend,
+    p: &GumbelParams,
+    dtype: DType,
+    logits: &WgpuBuffer<T>,
+    y: &mut WgpuBuffer<T>,
+    y_soft: Option<&mut WgpuBuffer<f32>>,
+) -> Result<()> {
+    let mut prm = Params::of(p)?;
+    prm.has_y_soft = u32::from(y_soft.is_some());
+    // Without y_soft the shader never touches binding 3; bind a one-word stand-in.
+    let dummy;
+    let y_soft = match y_soft {
+        Some(b) => b.raw(),
+        None => {
+            dummy = be.alloc_scratch(1)?;
+            &dummy
+        }
+    };
+    let (entry, workgroups) = row_launch(p, "gumbel_forward", "gumbel_forward_rows");
+    be.run(&[Launch {
+        shader: Shader::Gumbel,
+        entry,
+        dtype,
+        params: bytemuck::bytes_of(&prm),
+        binds: &[
+            (1, Bind::Read(logits.raw())),
+            (2, Bind::Write(y.raw())),
+            (3, Bind::Write(y_soft)),
+        ],
+        workgroups,
+    }])
+}
+
+pub(crate) fn backward<T>(
+    be: &WgpuBackend,
+    p: &GumbelParams,
+    dtype: DType,
+    y_soft: &WgpuBuffer<f32>,
+    dy: &WgpuBuffer<T>,
+    dlogits: &mut WgpuBuffer<T>,
+) -> Result<()> {
+    let prm = Params::of(p)?;
+    let (entry, workgroups) = row_launch(p, "gumbel_backward", "gumbel_backward_rows");
+    be.run(&[Launch {
+        shader: Shader::Gumbel,
+        entry,
+        dtype,
+        params: bytemuck::bytes_of(&prm),
+        binds: &[
+            (2, Bind::Write(dlogits.raw())),
+            (4, Bind::Read(y_soft.raw())),
+            (5, Bind::Read(dy.raw())),
+        ],
+        workgroups,
+    }])
+}
+
+pub(crate) fn noise(
+    be: &WgpuBackend,
+    seed: u64,
+    offset: u64,
+    out: &mut WgpuBuffer<f32>,
+) -> Result<()> {
+    let n = flashneck_core::DeviceBuffer::len(out);
+    let mut prm = Params::new(seed, offset);
+    prm.elements = u32::try_from(n).map_err(|_| {
+        Error::unsupported(
+            BACKEND,
+            format!("{n} elements: the WGSL kernels index below 2^32"),
+        )
+    })?;
+    be.run(&[Launch {
+        shader: Shader::Gumbel,
+        entry: "gumbel_noise",
+        dtype: DType::F32,
+        params: bytemuck::bytes_of(&prm),
+        binds: &[(2, Bind::Write(out.raw()))],
+        workgroups: (n as u64).div_ceil(WG),
+    }])
+}
+
+pub(crate) fn philox_words(be: &WgpuBackend, counter: [u32; 4], key: [u32; 2]) -> Result<[u32; 4]> {
+    let mut io = [0u32; 10];
+    io[..4].copy_from_slice(&counter);
+    io[4..6].copy_from_slice(&key);
+    let words = be.upload(&io)?;
+    be.run(&[Launch {
+        shader: Shader::Gumbel,
+        entry: "philox_words",
+        dtype: DType::F32,
+        params: bytemuck::bytes_of(&Params::default()),
+        binds: &[(6, Bind::Write(words.raw()))],
+        workgroups: 1,
+    }])?;
+    let out = be.download(&words)?;
+    Ok([out[6], out[7], out[8], out[9]])
+}

@@ -1,0 +1,671 @@
+//! Direct tests of the wgpu kernels against the f64 oracles of flashneck-cpu, on random ragged
+//! inputs, with every output poisoned with NaN before the kernel runs and SPEC's tolerances.
+//! They complement the conformance suite (tests/conformance.rs) with wgpu-specific checks:
+//! the Philox words and the accurate log1p of the shader, tiles crossing group boundaries,
+//! bitwise reproducibility of the reduced coefficient gradients, and typed device errors.
+
+mod common;
+
+use common::backend;
+use flashneck_conformance::{assert_close, fresh_rng, nan_buffer, random_input};
+use flashneck_core::philox::{gumbel_noise_at, philox4x32_10};
+use flashneck_core::{
+    Backend, DType, Element, Error, GrKanOps, GrKanParams, GumbelOps, GumbelParams,
+};
+use flashneck_cpu::oracle;
+use half::{bf16, f16};
+use rand::Rng;
+
+// ---------------------------------------------------------------- device plumbing
+
+#[test]
+fn buffers_round_trip_every_type() {
+    let b = backend();
+    let v: Vec<f32> = (0..1000).map(|i| i as f32 * 0.37 - 100.0).collect();
+    assert_eq!(b.download(&b.upload(&v).unwrap()).unwrap(), v);
+    let h: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
+    assert_eq!(b.download(&b.upload(&h).unwrap()).unwrap(), h);
+    let bh: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
+    assert_eq!(b.download(&b.upload(&bh).unwrap()).unwrap(), bh);
+    let u: Vec<u32> = (0..77).map(|i| i * 0x01010101).collect();
+    assert_eq!(b.download(&b.upload(&u).unwrap()).unwrap(), u);
+    assert!(b.download(&b.alloc::<f32>(0).unwrap()).unwrap().is_empty());
+    assert_eq!(
+        b.download(&b.alloc::<f32>(5).unwrap()).unwrap(),
+        vec![0.0; 5]
+    );
+}
+
+#[test]
+fn oversized_buffer_is_a_typed_error() {
+    let b = backend();
+    let max = b.limits().max_storage_buffer_binding_size;
+    let too_many = (max / 4 + 1) as usize;
+    match b.alloc::<f32>(too_many) {
+        Err(Error::BadParameter { arg: "len", .. }) => {}
+        other => panic!("expected BadParameter for {too_many} elements, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_shader_fits_the_adapter_workgroup_memory() {
+    use flashneck_wgpu::shaders::{Shader, validate, workgroup_bytes};
+    let b = backend();
+    let limit = u64::from(b.limits().max_compute_workgroup_storage_size);
+    println!(
+        "max_compute_workgroup_storage_size {limit}, SHADER_F16 {}, timestamps {}",
+        b.has_shader_f16(),
+        b.has_timestamps()
+    );
+    for s in Shader::ALL {
+        let bytes = workgroup_bytes(&validate(s).unwrap());
+        assert!(
+            bytes <= limit,
+            "{s}.wgsl: {bytes} bytes > adapter limit {limit}"
+        );
+    }
+}
+
+/// Without any Vulkan driver `WgpuBackend::new()` is `Error::Device`, not a panic. The check
+/// runs in a child process of this test binary whose Vulkan loader is pointed at no driver.
+#[test]
+fn missing_adapter_is_a_typed_error() {
+    const CHILD: &str = "FLASHNECK_WGPU_NO_DRIVER_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        match flashneck_wgpu::WgpuBackend::new() {
+            Err(Error::Device { message, .. }) => println!("no adapter: {message}"),
+            Err(e) => panic!("expected Error::Device, got {e:?}"),
+            Ok(b) => panic!("found an adapter without a driver: {:?}", b.adapter_info()),
+        }
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["missing_adapter_is_a_typed_error", "--exact", "--nocapture"])
+        .env(CHILD, "1")
+        .env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
+        .env("VK_DRIVER_FILES", "/nonexistent/icd.json")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed:\n{text}");
+    assert!(
+        text.contains("no adapter:"),
+        "child did not run the check:\n{text}"
+    );
+}
+
+#[test]
+fn lost_device_is_a_typed_error() {
+    // A device of its own: the shared one must stay alive.
+    let b = flashneck_wgpu::WgpuBackend::new().unwrap();
+    let x = b.upload(&[1.0f32, 2.0]).unwrap();
+    b.destroy();
+    assert!(
+        matches!(b.download(&x), Err(Error::Device { .. })),
+        "download after destroy"
+    );
+    let p = GrKanParams::new(1, 2, 1);
+    let (a, bb) = (b.upload(&[0.0f32; 6]), b.upload(&[0.0f32; 4]));
+    if let (Ok(a), Ok(bb)) = (a, bb) {
+        let mut y = b
+            .alloc::<f32>(2)
+            .unwrap_or_else(|_| b.upload(&[0.0f32; 2]).unwrap());
+        assert!(matches!(
+            b.grkan_forward(&p, &x, &a, &bb, &mut y),
+            Err(Error::Device { .. })
+        ));
+    }
+    assert!(matches!(b.synchronize(), Err(Error::Device { .. })));
+}
+
+#[test]
+fn timing_helpers_measure_something() {
+    let b = backend();
+    let ms = b.time_ms(&mut || b.synchronize()).unwrap();
+    assert!(ms >= 0.0 && ms.is_finite());
+    let gbs = b.copy_bandwidth_gbs(1 << 20).unwrap();
+    assert!(gbs > 0.0 && gbs.is_finite(), "{gbs} GB/s");
+}
+
+// ---------------------------------------------------------------- Philox and noise
+
+#[test]
+fn philox_words_match_spec_known_answers() {
+    let b = backend();
+    let cases = [
+        (
+            [0u32; 4],
+            [0u32; 2],
+            [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8],
+        ),
+        (
+            [u32::MAX; 4],
+            [u32::MAX; 2],
+            [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd],
+        ),
+        (
+            [0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344],
+            [0xa4093822, 0x299f31d0],
+            [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1],
+        ),
+    ];
+    for (c, k, want) in cases {
+        assert_eq!(
+            b.philox_words(c, k).unwrap(),
+            want,
+            "counter {c:x?} key {k:x?}"
+        );
+    }
+    // Random counters and keys: the 16-bit-limb high product equals the 64-bit one.
+    let (mut rng, seed) = fresh_rng();
+    for _ in 0..20 {
+        let c: [u32; 4] = rng.r#gen();
+        let k: [u32; 2] = rng.r#gen();
+        assert_eq!(
+            b.philox_words(c, k).unwrap(),
+            philox4x32_10(c, k),
+            "seed {seed}"
+        );
+    }
+}
+
+#[test]
+fn noise_matches_rust_ln_1p_reference() {
+    let b = backend();
+    let (mut rng, seed) = fresh_rng();
+    let (s, off): (u64, u64) = (rng.r#gen(), rng.r#gen());
+    let n = 40_003;
+    let mut out = nan_buffer::<_, f32>(&b, n);
+    b.gumbel_noise(s, off, &mut out).unwrap();
+    let got = b.download(&out).unwrap();
+    // The reference uses Rust's ln_1p; the shader has its own log1p (an atanh series).
+    let want: Vec<f64> = (0..n as u64)
+        .map(|i| gumbel_noise_at(s, off, i) as f64)
+        .collect();
+    assert_close("gumbel_noise vs ln_1p reference", &got, &want, 2e-5, seed);
+    // The large values (u near 1) are the ones a plain ln(u) gets wrong.
+    let big = want.iter().filter(|&&g| g > 9.0).count();
+    println!("{big} of {n} samples have g > 9");
+    let mean = got.iter().map(|&g| g as f64).sum::<f64>() / n as f64;
+    assert!((mean - 0.5772).abs() < 0.03, "mean {mean}, seed {seed}");
+}
+
+// ---------------------------------------------------------------- GR-KAN
+
+fn grkan_case<T: Element>(p: GrKanParams, rng: &mut impl Rng, seed: u64) {
+    let b = backend();
+    let (x, x64) = random_input::<T>(rng, p.x_len(), 1.0);
+    let (a, a64) = random_input::<f32>(rng, p.a_len(), 0.5);
+    let (bb, b64) = random_input::<f32>(rng, p.b_len(), 0.5);
+    let (dy, dy64) = random_input::<T>(rng, p.x_len(), 1.0);
+    let (xd, ad, bd, dyd) = (
+        b.upload(&x).unwrap(),
+        b.upload(&a).unwrap(),
+        b.upload(&bb).unwrap(),
+        b.upload(&dy).unwrap(),
+    );
+    let what = format!("grkan {} {p:?} seed {seed}", T::DTYPE);
+    let mut y = nan_buffer::<_, T>(&b, p.x_len());
+    b.grkan_forward(&p, &xd, &ad, &bd, &mut y).unwrap();
+    let want = oracle::grkan::grkan_forward(&p, &x64, &a64, &b64);
+    let tol = T::DTYPE.elementwise_tolerance();
+    assert_close(&what, &b.download(&y).unwrap(), &want, tol, seed);
+
+    let run = || {
+        let mut dx = nan_buffer::<_, T>(&b, p.x_len());
+        let mut da = nan_buffer::<_, f32>(&b, p.a_len());
+        let mut db = nan_buffer::<_, f32>(&b, p.b_len());
+        b.grkan_backward(&p, &xd, &ad, &bd, &dyd, &mut dx, &mut da, &mut db)
+            .unwrap();
+        (
+            b.download(&dx).unwrap(),
+            b.download(&da).unwrap(),
+            b.download(&db).unwrap(),
+        )
+    };
+    let (dx, da, db) = run();
+    let (wdx, wda, wdb) = oracle::grkan::grkan_backward(&p, &x64, &a64, &b64, &dy64);
+    assert_close(&format!("{what} dx"), &dx, &wdx, tol, seed);
+    let sum_tol = DType::F32.reduction_tolerance();
+    assert_close(&format!("{what} da"), &da, &wda, sum_tol, seed);
+    assert_close(&format!("{what} db"), &db, &wdb, sum_tol, seed);
+    // The fixed-order reduction is bitwise reproducible.
+    let (dx2, da2, db2) = run();
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&da), bits(&da2), "{what}: da differs between runs");
+    assert_eq!(bits(&db), bits(&db2), "{what}: db differs between runs");
+    assert!(dx == dx2, "{what}: dx differs between runs");
+}
+
+fn grkan_shapes<T: Element>() {
+    let (mut rng, seed) = fresh_rng();
+    for p in [
+        GrKanParams::new(1, 1, 1),
+        GrKanParams::new(37, 24, 4),
+        // Many rows: several tiles per group, so the second (fixed-order) pass matters.
+        GrKanParams::new(1031, 40, 8).with_degrees(7, 7),
+        GrKanParams::new(300, 130, 2).with_degrees(0, 1),
+        GrKanParams::new(5, 9, 3).with_degrees(3, 0),
+    ] {
+        grkan_case::<T>(p, &mut rng, seed);
+    }
+}
+
+#[test]
+fn grkan_matches_oracle_f32() {
+    grkan_shapes::<f32>();
+}
+
+#[test]
+fn grkan_matches_oracle_f16() {
+    grkan_shapes::<f16>();
+}
+
+#[test]
+fn grkan_matches_oracle_bf16() {
+    grkan_shapes::<bf16>();
+}
+
+// ---------------------------------------------------------------- Gumbel-Softmax
+
+fn gumbel_case<T: Element>(p: GumbelParams, rng: &mut impl Rng, seed: u64) {
+    let b = backend();
+    let (logits, l64) = random_input::<T>(rng, p.len(), 2.0);
+    let ld = b.upload(&logits).unwrap();
+    let what = format!("gumbel {} {p:?} seed {seed}", T::DTYPE);
+    let mut y = nan_buffer::<_, T>(&b, p.len());
+    let mut ys = nan_buffer::<_, f32>(&b, p.len());
+    b.gumbel_softmax_forward(&p, &ld, &mut y, Some(&mut ys))
+        .unwrap();
+    let (wy, wys) = oracle::gumbel::gumbel_forward(&p, &l64);
+    let tol = T::DTYPE.elementwise_tolerance();
+    let ys_host = b.download(&ys).unwrap();
+    assert_close(&format!("{what} y_soft"), &ys_host, &wys, 2e-5, seed);
+    let y_host = b.download(&y).unwrap();
+    if p.hard {
+        // One-hot rows; the hot index is the argmax of the oracle's soft sample unless two
+        // soft values are within the tolerance of each other.
+        for r in 0..p.rows {
+            let row = &y_host[r * p.classes..(r + 1) * p.classes];
+            let hot: Vec<usize> = (0..p.classes).filter(|&k| row[k].to_f32() == 1.0).collect();
+            assert_eq!(hot.len(), 1, "{what}: row {r} is not one-hot: {row:?}");
+            assert!(row.iter().all(|v| v.to_f32() == 0.0 || v.to_f32() == 1.0));
+            let w = (0..p.classes)
+                .find(|&k| wy[r * p.classes + k] == 1.0)
+                .unwrap();
+            let ws = &wys[r * p.classes..(r + 1) * p.classes];
+            assert!(
+                hot[0] == w || (ws[hot[0]] - ws[w]).abs() < 1e-6,
+                "{what}: row {r} argmax {} vs {w}",
+                hot[0]
+            );
+        }
+    } else {
+        assert_close(&format!("{what} y"), &y_host, &wy, tol, seed);
+    }
+    // Without y_soft the forward still runs.
+    let mut y2 = nan_buffer::<_, T>(&b, p.len());
+    b.gumbel_softmax_forward(&p, &ld, &mut y2, None).unwrap();
+    assert!(
+        b.download(&y2).unwrap() == y_host,
+        "{what}: y differs without y_soft"
+    );
+
+    let (dy, dy64) = random_input::<T>(rng, p.len(), 1.0);
+    let mut dl = nan_buffer::<_, T>(&b, p.len());
+    b.gumbel_softmax_backward(&p, &ys, &b.upload(&dy).unwrap(), &mut dl)
+        .unwrap();
+    let ys64: Vec<f64> = ys_host.iter().map(|&v| v as f64).collect();
+    let want = oracle::gumbel::gumbel_backward(&p, &ys64, &dy64);
+    assert_close(
+        &format!("{what} dlogits"),
+        &b.download(&dl).unwrap(),
+        &want,
+        tol,
+        seed,
+    );
+}
+
+/// (rows, K, tau): short rows (K <= 64, one thread per row) and long rows (a workgroup each),
+/// on both sides of the switch.
+const SHAPES: [(usize, usize, f32); 6] = [
+    (1, 1, 1.0),
+    (70, 10, 0.5),
+    (5, 64, 0.7),
+    (4, 65, 1.3),
+    (33, 257, 1.0),
+    (3, 1000, 2.0),
+];
+
+fn gumbel_shapes<T: Element>() {
+    let (mut rng, seed) = fresh_rng();
+    for hard in [false, true] {
+        for (rows, classes, tau) in SHAPES {
+            let p = GumbelParams::new(rows, classes, tau)
+                .with_seed(rng.r#gen(), rng.r#gen())
+                .with_hard(hard);
+            gumbel_case::<T>(p, &mut rng, seed);
+        }
+    }
+}
+
+#[test]
+fn gumbel_matches_oracle_f32() {
+    gumbel_shapes::<f32>();
+}
+
+#[test]
+fn gumbel_matches_oracle_f16() {
+    gumbel_shapes::<f16>();
+}
+
+#[test]
+fn gumbel_matches_oracle_bf16() {
+    gumbel_shapes::<bf16>();
+}
+
+// ---------------------------------------------------------------- attention
+
+use flashneck_core::{
+    AttentionOps, AttentionParams, AttentionShape, BlockLayout, SparseAttentionOps, SparseEpilogue,
+    TopkParams,
+};
+
+/// Random Q, K, V for `p`, as `T` and as f64.
+struct Qkv<T> {
+    q: (Vec<T>, Vec<f64>),
+    k: (Vec<T>, Vec<f64>),
+    v: (Vec<T>, Vec<f64>),
+}
+
+impl<T: Element> Qkv<T> {
+    fn random(p: &AttentionParams, rng: &mut impl Rng) -> Self {
+        let s = &p.shape;
+        Qkv {
+            q: random_input(rng, s.q_len(), 1.0),
+            k: random_input(rng, s.k_len(), 1.0),
+            v: random_input(rng, s.v_len(), 1.0),
+        }
+    }
+}
+
+fn f64s<T: Element>(v: &[T]) -> Vec<f64> {
+    v.iter().map(|x| x.to_f64()).collect()
+}
+
+/// Forward and backward over `layout` (dense when `None`) against the oracle; the backward
+/// uses the oracle's O and LSE as inputs so that it is checked on its own.
+fn attention_case<T: Element>(p: AttentionParams, layout: Option<&BlockLayout>, seed: u64) {
+    let b = backend();
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+    let s = p.shape;
+    let x = Qkv::<T>::random(&p, &mut rng);
+    let (qd, kd, vd) = (
+        b.upload(&x.q.0).unwrap(),
+        b.upload(&x.k.0).unwrap(),
+        b.upload(&x.v.0).unwrap(),
+    );
+    let what = format!(
+        "attention {} {p:?} sparse={} seed {seed}",
+        T::DTYPE,
+        layout.is_some()
+    );
+    let tol = T::DTYPE.reduction_tolerance();
+    let dl = layout.map(|l| {
+        (
+            b.upload_layout(l).unwrap(),
+            b.upload_layout(&l.transpose()).unwrap(),
+        )
+    });
+
+    let mut o = nan_buffer::<_, T>(&b, s.o_len());
+    let mut lse = nan_buffer::<_, f32>(&b, s.lse_len());
+    match &dl {
+        None => b.attention_forward(&p, &qd, &kd, &vd, &mut o, &mut lse),
+        Some((l, _)) => b.sparse_attention_forward(
+            &p,
+            l,
+            &qd,
+            &kd,
+            &vd,
+            SparseEpilogue::none(),
+            &mut o,
+            &mut lse,
+        ),
+    }
+    .unwrap();
+    let (wo, wlse) =
+        oracle::attention::attention_forward(&p, layout, &x.q.1, &x.k.1, &x.v.1, None, None);
+    assert_close(
+        &format!("{what} o"),
+        &b.download(&o).unwrap(),
+        &wo,
+        tol,
+        seed,
+    );
+    assert_close(
+        &format!("{what} lse"),
+        &b.download(&lse).unwrap(),
+        &wlse,
+        1e-4,
+        seed,
+    );
+
+    let (d_o, d_o64) = random_input::<T>(&mut rng, s.o_len(), 1.0);
+    let o_t: Vec<T> = wo.iter().map(|&v| T::from_f64(v)).collect();
+    let lse_t: Vec<f32> = wlse.iter().map(|&v| v as f32).collect();
+    let (od, dod, lsed) = (
+        b.upload(&o_t).unwrap(),
+        b.upload(&d_o).unwrap(),
+        b.upload(&lse_t).unwrap(),
+    );
+    let mut dq = nan_buffer::<_, T>(&b, s.q_len());
+    let mut dk = nan_buffer::<_, T>(&b, s.k_len());
+    let mut dv = nan_buffer::<_, T>(&b, s.v_len());
+    match &dl {
+        None => b.attention_backward(
+            &p, &qd, &kd, &vd, &od, &dod, &lsed, &mut dq, &mut dk, &mut dv,
+        ),
+        Some((l, lt)) => b.sparse_attention_backward(
+            &p, l, lt, &qd, &kd, &vd, &od, &dod, &lsed, &mut dq, &mut dk, &mut dv,
+        ),
+    }
+    .unwrap();
+    let lse64: Vec<f64> = lse_t.iter().map(|&v| v as f64).collect();
+    let (wdq, wdk, wdv) = oracle::attention::attention_backward(
+        &p,
+        layout,
+        &x.q.1,
+        &x.k.1,
+        &x.v.1,
+        &f64s(&o_t),
+        &d_o64,
+        &lse64,
+    );
+    assert_close(
+        &format!("{what} dq"),
+        &b.download(&dq).unwrap(),
+        &wdq,
+        tol,
+        seed,
+    );
+    assert_close(
+        &format!("{what} dk"),
+        &b.download(&dk).unwrap(),
+        &wdk,
+        tol,
+        seed,
+    );
+    assert_close(
+        &format!("{what} dv"),
+        &b.download(&dv).unwrap(),
+        &wdv,
+        tol,
+        seed,
+    );
+}
+
+/// Ragged shapes: D != Dv, D = 256, GQA, MQA, Lq > Lk and Lq < Lk under causal masking.
+fn attention_shapes() -> Vec<AttentionParams> {
+    let mut odd = AttentionShape::gqa(2, 4, 2, 37, 81, 40);
+    odd.head_dim_v = 72;
+    vec![
+        AttentionParams::new(odd),
+        AttentionParams::new(odd).with_causal(true),
+        AttentionParams::new(AttentionShape::gqa(1, 3, 1, 70, 19, 256)).with_causal(true),
+        AttentionParams::new(AttentionShape::mha(1, 1, 130, 65, 3)).with_scale(0.9),
+        AttentionParams::new(AttentionShape::mha(1, 2, 1, 1, 1)),
+    ]
+}
+
+#[test]
+fn dense_attention_matches_oracle_f32() {
+    let (_, seed) = fresh_rng();
+    for p in attention_shapes() {
+        attention_case::<f32>(p, None, seed);
+    }
+}
+
+#[test]
+fn dense_attention_matches_oracle_halves() {
+    let (_, seed) = fresh_rng();
+    let p = attention_shapes()[1];
+    attention_case::<f16>(p, None, seed);
+    attention_case::<bf16>(p, None, seed);
+}
+
+/// A random layout: each (b, h, qb) keeps each key block with probability 1/2.
+fn random_layout(p: &AttentionParams, rng: &mut impl Rng) -> BlockLayout {
+    let s = &p.shape;
+    let lists: Vec<Vec<u32>> = (0..s.batch * s.heads_q * s.q_blocks())
+        .map(|_| {
+            (0..s.k_blocks() as u32)
+                .filter(|_| rng.gen_bool(0.5))
+                .collect()
+        })
+        .collect();
+    BlockLayout::from_lists(s.batch, s.heads_q, s.q_blocks(), s.k_blocks(), &lists).unwrap()
+}
+
+#[test]
+fn sparse_attention_matches_oracle() {
+    let (mut rng, seed) = fresh_rng();
+    let mut shape = AttentionShape::gqa(1, 4, 2, 150, 200, 24);
+    shape.head_dim_v = 33;
+    for causal in [false, true] {
+        let p = AttentionParams::new(shape).with_causal(causal);
+        let layout = random_layout(&p, &mut rng);
+        attention_case::<f32>(p, Some(&layout), seed);
+    }
+}
+
+#[test]
+fn sparse_epilogue_matches_oracle() {
+    let b = backend();
+    let (mut rng, seed) = fresh_rng();
+    let p = AttentionParams::new(AttentionShape::gqa(2, 2, 1, 90, 140, 16)).with_causal(true);
+    let s = p.shape;
+    let layout = random_layout(&p, &mut rng);
+    let x = Qkv::<f32>::random(&p, &mut rng);
+    let (rho, rho64) = random_input::<f32>(&mut rng, s.lse_len(), 1.0);
+    let (res, res64) = random_input::<f32>(&mut rng, s.o_len(), 1.0);
+    let rho_d = b.upload(&rho).unwrap();
+    let res_d = b.upload(&res).unwrap();
+    let mut o = nan_buffer::<_, f32>(&b, s.o_len());
+    let mut lse = nan_buffer::<_, f32>(&b, s.lse_len());
+    b.sparse_attention_forward(
+        &p,
+        &b.upload_layout(&layout).unwrap(),
+        &b.upload(&x.q.0).unwrap(),
+        &b.upload(&x.k.0).unwrap(),
+        &b.upload(&x.v.0).unwrap(),
+        SparseEpilogue {
+            row_scale: Some(&rho_d),
+            residual: Some(&res_d),
+        },
+        &mut o,
+        &mut lse,
+    )
+    .unwrap();
+    let (wo, wlse) = oracle::attention::attention_forward(
+        &p,
+        Some(&layout),
+        &x.q.1,
+        &x.k.1,
+        &x.v.1,
+        Some(&rho64),
+        Some(&res64),
+    );
+    assert_close("epilogue o", &b.download(&o).unwrap(), &wo, 1e-4, seed);
+    assert_close(
+        "epilogue lse",
+        &b.download(&lse).unwrap(),
+        &wlse,
+        1e-4,
+        seed,
+    );
+}
+
+#[test]
+fn block_topk_matches_oracle() {
+    let b = backend();
+    let (mut rng, seed) = fresh_rng();
+    for (causal, lq, lk, topk) in [
+        (
+            false,
+            200,
+            300,
+            TopkParams {
+                keep: 2,
+                sink: 1,
+                local: 1,
+            },
+        ),
+        (
+            true,
+            300,
+            300,
+            TopkParams {
+                keep: 1,
+                sink: 1,
+                local: 2,
+            },
+        ),
+        (
+            true,
+            100,
+            520,
+            TopkParams {
+                keep: 3,
+                sink: 0,
+                local: 0,
+            },
+        ),
+        (
+            true,
+            400,
+            70,
+            TopkParams {
+                keep: 9,
+                sink: 9,
+                local: 9,
+            },
+        ),
+    ] {
+        let p = AttentionParams::new(AttentionShape::gqa(2, 4, 2, lq, lk, 20)).with_causal(causal);
+        let x = Qkv::<f32>::random(&p, &mut rng);
+        let got = b
+            .block_topk(
+                &p,
+                &topk,
+                &b.upload(&x.q.0).unwrap(),
+                &b.upload(&x.k.0).unwrap(),
+            )
+            .unwrap();
+        let want = oracle::attention::block_topk(&p, &topk, &x.q.1, &x.k.1);
+        assert_eq!(got.host, want, "block_topk {p:?} {topk:?} seed {seed}");
+        assert_eq!(b.download(&got.counts).unwrap(), want.counts());
+        assert_eq!(b.download(&got.indices).unwrap(), want.indices());
+    }
+}

@@ -1,0 +1,488 @@
+// Dense and block-sparse attention (SPEC §1, §2), FlashAttention-2 style.
+//
+// Every kernel works on tiles of 16 query rows by 16 keys with 64 threads: in the forward and
+// dQ kernels thread t owns query row t / 4 of the tile, in the dK/dV kernel key t / 4; its
+// lane t % 4 picks 4 of the tile's 16 columns of S, and the output columns l, l + 4, l + 8, ...
+// (at most 64 per thread, since D, Dv <= 256). Head dims are streamed through workgroup memory
+// in chunks of 64, so any D, Dv <= 256 fits in the same 10 KiB of workgroup memory.
+//
+// Key tiles come from 64-key blocks: every block up to the last visible one (dense), or the
+// blocks a BlockLayout selects (sparse). Element masking (keys >= Lk, causal bottom-right
+// alignment) applies inside every tile. Masked scores are carried as a finite sentinel rather
+// than -inf, which WGSL implementations may assume away.
+
+struct Params {
+    batch: u32,
+    heads_q: u32,
+    heads_kv: u32,
+    len_q: u32,
+    len_k: u32,
+    head_dim: u32,
+    head_dim_v: u32,
+    group: u32,        // heads_q / heads_kv
+    scale: f32,
+    causal: u32,
+    sparse: u32,       // 1: iterate the layout's key blocks (and the transposed layout's query blocks)
+    max_blocks: u32,   // layout row capacity
+    max_blocks_t: u32, // transposed layout row capacity
+    q_blocks: u32,
+    k_blocks: u32,
+    has_rho: u32,
+    has_residual: u32,
+}
+
+const T: u32 = 16u;        // tile edge (query rows, keys)
+const CH: u32 = 64u;       // head-dim chunk staged in workgroup memory
+const BLOCK: u32 = 64u;    // layout block edge
+const WG: u32 = 64u;       // threads per workgroup
+const MASKED: f32 = -3.0e38;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> k: array<f32>;
+@group(0) @binding(3) var<storage, read> v: array<f32>;
+@group(0) @binding(4) var<storage, read_write> o_out: array<f32>;
+@group(0) @binding(5) var<storage, read_write> lse_out: array<f32>;
+@group(0) @binding(6) var<storage, read> counts: array<u32>;
+@group(0) @binding(7) var<storage, read> indices: array<u32>;
+@group(0) @binding(8) var<storage, read> rho: array<f32>;
+@group(0) @binding(9) var<storage, read> residual: array<f32>;
+@group(0) @binding(10) var<storage, read> o_in: array<f32>;
+@group(0) @binding(11) var<storage, read> d_o: array<f32>;
+@group(0) @binding(12) var<storage, read> lse_in: array<f32>;
+@group(0) @binding(13) var<storage, read_write> delta: array<f32>;
+@group(0) @binding(14) var<storage, read_write> dq: array<f32>;
+@group(0) @binding(15) var<storage, read_write> dk: array<f32>;
+@group(0) @binding(16) var<storage, read_write> dv: array<f32>;
+@group(0) @binding(17) var<storage, read> counts_t: array<u32>;
+@group(0) @binding(18) var<storage, read> indices_t: array<u32>;
+
+var<workgroup> tile_a: array<array<f32, CH>, T>;
+var<workgroup> tile_b: array<array<f32, CH>, T>;
+var<workgroup> tile_s: array<array<f32, T>, T>;
+var<workgroup> tile_ds: array<array<f32, T>, T>;
+
+// Sources `stage` can read.
+const SRC_Q: u32 = 0u;
+const SRC_K: u32 = 1u;
+const SRC_V: u32 = 2u;
+const SRC_DO: u32 = 3u;
+
+fn load(src: u32, i: u32) -> f32 {
+    switch src {
+        case 0u: { return q[i]; }
+        case 1u: { return k[i]; }
+        case 2u: { return v[i]; }
+        default: { return d_o[i]; }
+    }
+}
+
+// Copy rows [row0, row0 + 16) and columns [c0, c0 + 64) of a [n_rows, dim] matrix starting at
+// flat element `base` into tile_a (to_b = false) or tile_b; zeros outside the matrix.
+fn stage(to_b: bool, src: u32, base: u32, row0: u32, n_rows: u32, dim: u32, c0: u32, t: u32) {
+    for (var e = 0u; e < T * CH / WG; e++) {
+        let idx = t + WG * e;
+        let rr = idx / CH;
+        let cc = idx % CH;
+        var val = 0.0;
+        if (row0 + rr < n_rows && c0 + cc < dim) {
+            val = load(src, base + (row0 + rr) * dim + c0 + cc);
+        }
+        if (to_b) {
+            tile_b[rr][cc] = val;
+        } else {
+            tile_a[rr][cc] = val;
+        }
+    }
+}
+
+fn dot_ab(ra: u32, rb: u32) -> f32 {
+    var s = 0.0;
+    for (var cc = 0u; cc < CH; cc++) {
+        s += tile_a[ra][cc] * tile_b[rb][cc];
+    }
+    return s;
+}
+
+// Whether query row i sees key j (SPEC §1; causal is bottom-right aligned).
+fn visible(i: u32, j: u32) -> bool {
+    return i < p.len_q && j < p.len_k && (p.causal == 0u || j + p.len_q <= i + p.len_k);
+}
+
+// Keys 0 .. visible_keys(i) are the ones query row i may see.
+fn visible_keys(i: u32) -> u32 {
+    if (p.causal == 0u) {
+        return p.len_k;
+    }
+    if (i + 1u + p.len_k <= p.len_q) {
+        return 0u;
+    }
+    return min(i + 1u + p.len_k - p.len_q, p.len_k);
+}
+
+// The first query row that sees key j (len_q when none does).
+fn first_row_seeing(j: u32) -> u32 {
+    if (p.causal == 0u || j + p.len_q <= p.len_k) {
+        return 0u;
+    }
+    return min(j + p.len_q - p.len_k, p.len_q);
+}
+
+// Key blocks of query block qb of head bh: how many, and the n-th.
+fn key_block_count(bh: u32, qb: u32, last_row: u32) -> u32 {
+    if (p.sparse == 1u) {
+        return counts[bh * p.q_blocks + qb];
+    }
+    return (visible_keys(last_row) + BLOCK - 1u) / BLOCK;
+}
+
+fn key_block(bh: u32, qb: u32, n: u32) -> u32 {
+    if (p.sparse == 1u) {
+        return indices[(bh * p.q_blocks + qb) * p.max_blocks + n];
+    }
+    return n;
+}
+
+// Query blocks that attend to key block kb for query head bh: how many, and the n-th.
+fn query_block_count(bh: u32, kb: u32) -> u32 {
+    if (p.sparse == 1u) {
+        return counts_t[bh * p.k_blocks + kb];
+    }
+    return p.q_blocks - first_row_seeing(kb * BLOCK) / BLOCK;
+}
+
+fn query_block(bh: u32, kb: u32, n: u32) -> u32 {
+    if (p.sparse == 1u) {
+        return indices_t[(bh * p.k_blocks + kb) * p.max_blocks_t + n];
+    }
+    return first_row_seeing(kb * BLOCK) / BLOCK + n;
+}
+
+fn neg_inf() -> f32 {
+    return bitcast<f32>(0xff800000u);
+}
+
+// The 4 scores of thread t's row (tile row t / 4, keys 4 (t % 4) .. + 4) for query rows
+// i0.. and keys j0.. of head (bh, bkv): scale · q_i · k_j, MASKED where invisible.
+fn row_scores(bh: u32, bkv: u32, i0: u32, j0: u32, t: u32) -> vec4<f32> {
+    let r = t / 4u;
+    let l = t % 4u;
+    var s = vec4<f32>(0.0);
+    for (var c0 = 0u; c0 < p.head_dim; c0 += CH) {
+        stage(false, SRC_Q, bh * p.len_q * p.head_dim, i0, p.len_q, p.head_dim, c0, t);
+        stage(true, SRC_K, bkv * p.len_k * p.head_dim, j0, p.len_k, p.head_dim, c0, t);
+        workgroupBarrier();
+        for (var c = 0u; c < 4u; c++) {
+            s[c] += dot_ab(r, 4u * l + c);
+        }
+        workgroupBarrier();
+    }
+    for (var c = 0u; c < 4u; c++) {
+        s[c] = select(MASKED, p.scale * s[c], visible(i0 + r, j0 + 4u * l + c));
+    }
+    return s;
+}
+
+// The 4 values dO_i · v_j of thread t's row (same layout as row_scores).
+fn row_dp(bh: u32, bkv: u32, i0: u32, j0: u32, t: u32) -> vec4<f32> {
+    let r = t / 4u;
+    let l = t % 4u;
+    var s = vec4<f32>(0.0);
+    for (var c0 = 0u; c0 < p.head_dim_v; c0 += CH) {
+        stage(false, SRC_DO, bh * p.len_q * p.head_dim_v, i0, p.len_q, p.head_dim_v, c0, t);
+        stage(true, SRC_V, bkv * p.len_k * p.head_dim_v, j0, p.len_k, p.head_dim_v, c0, t);
+        workgroupBarrier();
+        for (var c = 0u; c < 4u; c++) {
+            s[c] += dot_ab(r, 4u * l + c);
+        }
+        workgroupBarrier();
+    }
+    return s;
+}
+
+// ---------------------------------------------------------------- forward
+
+@compute @workgroup_size(64)
+fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) t: u32) {
+    let q_tiles = (p.len_q + T - 1u) / T;
+    let w = flat_workgroup(wg, nwg);
+    if (w >= p.batch * p.heads_q * q_tiles) {
+        return;
+    }
+    let bh = w / q_tiles;
+    let i0 = (w % q_tiles) * T;
+    let bkv = (bh / p.heads_q) * p.heads_kv + (bh % p.heads_q) / p.group;
+    let qb = i0 / BLOCK;
+    let r = t / 4u;
+    let l = t % 4u;
+    let i = i0 + r;
+    let last_row = min(i0 + T, p.len_q) - 1u;
+
+    var m = MASKED;       // running max of the row's visible scores
+    var sum = 0.0;        // running Σ exp(s − m)
+    var acc: array<f32, 64>; // output columns l + 4e, e < 64
+    for (var e = 0u; e < 64u; e++) {
+        acc[e] = 0.0;
+    }
+    let n_blocks = key_block_count(bh, qb, last_row);
+    let vis_end = visible_keys(last_row);
+    for (var n = 0u; n < n_blocks; n++) {
+        let kb = key_block(bh, qb, n);
+        for (var j0 = kb * BLOCK; j0 < min(kb * BLOCK + BLOCK, vis_end); j0 += T) {
+            let s = row_scores(bh, bkv, i0, j0, t);
+            tile_s[r][4u * l] = s.x;
+            tile_s[r][4u * l + 1u] = s.y;
+            tile_s[r][4u * l + 2u] = s.z;
+            tile_s[r][4u * l + 3u] = s.w;
+            workgroupBarrier();
+            // Online softmax: every thread of the row computes the same m, sum and p.
+            var m_tile = MASKED;
+            for (var jj = 0u; jj < T; jj++) {
+                m_tile = max(m_tile, tile_s[r][jj]);
+            }
+            let m_new = max(m, m_tile);
+            var pr: array<f32, T>;
+            var alpha = 1.0;
+            if (m_new > MASKED) {
+                alpha = select(exp(m - m_new), 0.0, m == MASKED);
+                var tile_sum = 0.0;
+                for (var jj = 0u; jj < T; jj++) {
+                    let sj = tile_s[r][jj];
+                    pr[jj] = select(exp(sj - m_new), 0.0, sj == MASKED);
+                    tile_sum += pr[jj];
+                }
+                sum = sum * alpha + tile_sum;
+                m = m_new;
+            } else {
+                for (var jj = 0u; jj < T; jj++) {
+                    pr[jj] = 0.0;
+                }
+            }
+            // acc = alpha · acc + P V, V streamed in chunks of 64 columns.
+            for (var c0 = 0u; c0 < p.head_dim_v; c0 += CH) {
+                stage(false, SRC_V, bkv * p.len_k * p.head_dim_v, j0, p.len_k, p.head_dim_v, c0, t);
+                workgroupBarrier();
+                for (var e = 0u; e < CH / 4u; e++) {
+                    let col = 4u * e + l;
+                    var a = acc[c0 / 4u + e] * alpha;
+                    for (var jj = 0u; jj < T; jj++) {
+                        a += pr[jj] * tile_a[jj][col];
+                    }
+                    acc[c0 / 4u + e] = a;
+                }
+                workgroupBarrier();
+            }
+        }
+    }
+    if (i >= p.len_q) {
+        return;
+    }
+    let row = bh * p.len_q + i;
+    if (l == 0u) {
+        lse_out[row] = select(m + log(sum), neg_inf(), sum == 0.0);
+    }
+    let inv = select(1.0 / sum, 0.0, sum == 0.0);
+    var scale_row = 1.0;
+    if (p.has_rho == 1u) {
+        scale_row = rho[row];
+    }
+    for (var col = l; col < p.head_dim_v; col += 4u) {
+        var out = acc[col / 4u] * inv * scale_row;
+        if (p.has_residual == 1u) {
+            out += residual[row * p.head_dim_v + col];
+        }
+        o_out[row * p.head_dim_v + col] = narrow(out);
+    }
+}
+
+// ---------------------------------------------------------------- backward
+
+// Δ_i = Σ_d dO_id · O_id, one thread per query row.
+@compute @workgroup_size(64)
+fn attention_backward_delta(@builtin(workgroup_id) wg: vec3<u32>,
+                            @builtin(num_workgroups) nwg: vec3<u32>,
+                            @builtin(local_invocation_index) t: u32) {
+    let row = flat_workgroup(wg, nwg) * WG + t;
+    if (row >= p.batch * p.heads_q * p.len_q) {
+        return;
+    }
+    var s = 0.0;
+    for (var c = 0u; c < p.head_dim_v; c++) {
+        s += d_o[row * p.head_dim_v + c] * o_in[row * p.head_dim_v + c];
+    }
+    delta[row] = s;
+}
+
+// P (and dS = P (dP − Δ)) of thread t's row for query rows i0.., keys j0..; 0 where masked or
+// where the row saw no key (lse = −inf).
+fn row_p(bh: u32, bkv: u32, i0: u32, j0: u32, t: u32) -> vec4<f32> {
+    let s = row_scores(bh, bkv, i0, j0, t);
+    let i = i0 + t / 4u;
+    var lse_i = MASKED;
+    if (i < p.len_q) {
+        lse_i = lse_in[bh * p.len_q + i];
+    }
+    var pr = vec4<f32>(0.0);
+    if (lse_i > MASKED) {
+        for (var c = 0u; c < 4u; c++) {
+            pr[c] = select(exp(s[c] - lse_i), 0.0, s[c] == MASKED);
+        }
+    }
+    return pr;
+}
+
+fn row_ds(bh: u32, bkv: u32, i0: u32, j0: u32, t: u32, pr: vec4<f32>) -> vec4<f32> {
+    let dp = row_dp(bh, bkv, i0, j0, t);
+    let i = i0 + t / 4u;
+    var d = 0.0;
+    if (i < p.len_q) {
+        d = delta[bh * p.len_q + i];
+    }
+    return pr * (dp - vec4<f32>(d));
+}
+
+// dQ = scale · dS K: one workgroup per 16 query rows, streaming the row's key tiles.
+@compute @workgroup_size(64)
+fn attention_backward_dq(@builtin(workgroup_id) wg: vec3<u32>,
+                         @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_index) t: u32) {
+    let q_tiles = (p.len_q + T - 1u) / T;
+    let w = flat_workgroup(wg, nwg);
+    if (w >= p.batch * p.heads_q * q_tiles) {
+        return;
+    }
+    let bh = w / q_tiles;
+    let i0 = (w % q_tiles) * T;
+    let bkv = (bh / p.heads_q) * p.heads_kv + (bh % p.heads_q) / p.group;
+    let qb = i0 / BLOCK;
+    let r = t / 4u;
+    let l = t % 4u;
+    let last_row = min(i0 + T, p.len_q) - 1u;
+    var acc: array<f32, 64>;
+    for (var e = 0u; e < 64u; e++) {
+        acc[e] = 0.0;
+    }
+    let n_blocks = key_block_count(bh, qb, last_row);
+    let vis_end = visible_keys(last_row);
+    for (var n = 0u; n < n_blocks; n++) {
+        let kb = key_block(bh, qb, n);
+        for (var j0 = kb * BLOCK; j0 < min(kb * BLOCK + BLOCK, vis_end); j0 += T) {
+            let pr = row_p(bh, bkv, i0, j0, t);
+            let ds = row_ds(bh, bkv, i0, j0, t, pr);
+            for (var c = 0u; c < 4u; c++) {
+                tile_ds[r][4u * l + c] = ds[c];
+            }
+            workgroupBarrier();
+            for (var c0 = 0u; c0 < p.head_dim; c0 += CH) {
+                stage(false, SRC_K, bkv * p.len_k * p.head_dim, j0, p.len_k, p.head_dim, c0, t);
+                workgroupBarrier();
+                for (var e = 0u; e < CH / 4u; e++) {
+                    let col = 4u * e + l;
+                    var a = acc[c0 / 4u + e];
+                    for (var jj = 0u; jj < T; jj++) {
+                        a += tile_ds[r][jj] * tile_a[jj][col];
+                    }
+                    acc[c0 / 4u + e] = a;
+                }
+                workgroupBarrier();
+            }
+        }
+    }
+    let i = i0 + r;
+    if (i >= p.len_q) {
+        return;
+    }
+    let row = bh * p.len_q + i;
+    for (var col = l; col < p.head_dim; col += 4u) {
+        dq[row * p.head_dim + col] = narrow(p.scale * acc[col / 4u]);
+    }
+}
+
+// dK = scale · dSᵀ Q and dV = Pᵀ dO: one workgroup per 16 keys of one kv head, summing over
+// the query heads of its GQA group and their query tiles, in a fixed order.
+@compute @workgroup_size(64)
+fn attention_backward_dkdv(@builtin(workgroup_id) wg: vec3<u32>,
+                           @builtin(num_workgroups) nwg: vec3<u32>,
+                           @builtin(local_invocation_index) t: u32) {
+    let k_tiles = (p.len_k + T - 1u) / T;
+    let w = flat_workgroup(wg, nwg);
+    if (w >= p.batch * p.heads_kv * k_tiles) {
+        return;
+    }
+    let bkv = w / k_tiles;
+    let j0 = (w % k_tiles) * T;
+    let kb = j0 / BLOCK;
+    let b = bkv / p.heads_kv;
+    let hkv = bkv % p.heads_kv;
+    // Thread t owns key j0 + t / 4 and output columns t % 4 + 4e.
+    let jr = t / 4u;
+    let l = t % 4u;
+    var acc_k: array<f32, 64>;
+    var acc_v: array<f32, 64>;
+    for (var e = 0u; e < 64u; e++) {
+        acc_k[e] = 0.0;
+        acc_v[e] = 0.0;
+    }
+    for (var g = 0u; g < p.group; g++) {
+        let bh = b * p.heads_q + hkv * p.group + g;
+        let n_blocks = query_block_count(bh, kb);
+        for (var n = 0u; n < n_blocks; n++) {
+            let qb = query_block(bh, kb, n);
+            for (var i0 = qb * BLOCK; i0 < min(qb * BLOCK + BLOCK, p.len_q); i0 += T) {
+                // Skip query tiles that see none of these keys (causal).
+                if (visible_keys(min(i0 + T, p.len_q) - 1u) <= j0) {
+                    continue;
+                }
+                // Rows = queries here: thread t computes query row t / 4, keys 4 (t % 4)...
+                let pr = row_p(bh, bkv, i0, j0, t);
+                let ds = row_ds(bh, bkv, i0, j0, t, pr);
+                let r = t / 4u;
+                for (var c = 0u; c < 4u; c++) {
+                    tile_s[r][4u * l + c] = pr[c];
+                    tile_ds[r][4u * l + c] = ds[c];
+                }
+                workgroupBarrier();
+                // dV[j] += Σ_i P[i][j] dO[i], dO streamed in chunks.
+                for (var c0 = 0u; c0 < p.head_dim_v; c0 += CH) {
+                    stage(false, SRC_DO, bh * p.len_q * p.head_dim_v, i0, p.len_q, p.head_dim_v, c0, t);
+                    workgroupBarrier();
+                    for (var e = 0u; e < CH / 4u; e++) {
+                        let col = 4u * e + l;
+                        var a = acc_v[c0 / 4u + e];
+                        for (var ii = 0u; ii < T; ii++) {
+                            a += tile_s[ii][jr] * tile_a[ii][col];
+                        }
+                        acc_v[c0 / 4u + e] = a;
+                    }
+                    workgroupBarrier();
+                }
+                // dK[j] += Σ_i dS[i][j] Q[i].
+                for (var c0 = 0u; c0 < p.head_dim; c0 += CH) {
+                    stage(false, SRC_Q, bh * p.len_q * p.head_dim, i0, p.len_q, p.head_dim, c0, t);
+                    workgroupBarrier();
+                    for (var e = 0u; e < CH / 4u; e++) {
+                        let col = 4u * e + l;
+                        var a = acc_k[c0 / 4u + e];
+                        for (var ii = 0u; ii < T; ii++) {
+                            a += tile_ds[ii][jr] * tile_a[ii][col];
+                        }
+                        acc_k[c0 / 4u + e] = a;
+                    }
+                    workgroupBarrier();
+                }
+            }
+        }
+    }
+    let j = j0 + jr;
+    if (j >= p.len_k) {
+        return;
+    }
+    let key = bkv * p.len_k + j;
+    for (var col = l; col < p.head_dim; col += 4u) {
+        dk[key * p.head_dim + col] = narrow(p.scale * acc_k[col / 4u]);
+    }
+    for (var col = l; col < p.head_dim_v; col += 4u) {
+        dv[key * p.head_dim_v + col] = narrow(acc_v[col / 4u]);
+    }
+}

@@ -1,0 +1,170 @@
+// Group-Rational KAN (SPEC §3): y = P(x) / Q(x), P(x) = Σ a_i x^i, Q(x) = 1 + Σ |b_j| |x|^j.
+//
+// Forward: one thread per element. Backward: pass 1 (`grkan_backward_partials`) gives each
+// workgroup a tile of `rows_per_tile` rows of one group; it writes dx and reduces the tile's
+// coefficient gradients (da, db) in workgroup memory into one partial per tile. Pass 2
+// (`grkan_backward_reduce`) sums the partials of each coefficient over the tiles in tile order.
+// No atomics: the result is bitwise reproducible.
+
+struct Params {
+    rows: u32,
+    channels: u32,
+    group_width: u32,
+    groups: u32,
+    num_degree: u32,    // M: a has M + 1 coefficients per group
+    den_degree: u32,    // N: b has N coefficients per group
+    elements: u32,      // rows * channels
+    rows_per_tile: u32, // backward pass 1
+    tiles: u32,         // ceil(rows / rows_per_tile)
+}
+
+const WG: u32 = 256u;
+// At most (M + 1) + N = 8 + 7 coefficients per group.
+const MAX_COEFS: u32 = 15u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> a: array<f32>;
+@group(0) @binding(3) var<storage, read> b: array<f32>;
+@group(0) @binding(4) var<storage, read> dy: array<f32>;
+// y (forward) or dx (backward).
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+// [tiles, groups, (M + 1) + N] per-tile sums of the coefficient gradients.
+@group(0) @binding(6) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(7) var<storage, read_write> da: array<f32>;
+@group(0) @binding(8) var<storage, read_write> db: array<f32>;
+
+var<workgroup> red: array<f32, WG>;
+
+// P, P', the denominator's sum S = Σ |b_j| |x|^j (Q = 1 + S) and S' = Σ j |b_j| |x|^(j-1).
+struct Rational {
+    num: f32,
+    dnum: f32,
+    q: f32,
+    dq_abs: f32,
+}
+
+fn rational(g: u32, xv: f32) -> Rational {
+    let m = p.num_degree;
+    let n = p.den_degree;
+    let a0 = g * (m + 1u);
+    // Horner for P and P'.
+    var num = a[a0 + m];
+    var dnum = 0.0;
+    for (var i = m; i > 0u; i--) {
+        dnum = dnum * xv + num;
+        num = num * xv + a[a0 + i - 1u];
+    }
+    // Horner in |x| for S and S'.
+    let ax = abs(xv);
+    let b0 = g * n;
+    var s = 0.0;
+    var ds = 0.0;
+    for (var j = n; j > 0u; j--) {
+        ds = ds * ax + s;
+        s = s * ax + abs(b[b0 + j - 1u]);
+    }
+    // Now s = Σ_{j>=1} |b_j| |x|^(j-1) and ds its derivative in |x| shifted by one power:
+    // S = s · |x|, S' = d(s · |x|)/d|x| = s + |x| · ds.
+    return Rational(num, dnum, 1.0 + s * ax, s + ax * ds);
+}
+
+fn sgn(v: f32) -> f32 {
+    return select(1.0, -1.0, v < 0.0);
+}
+
+@compute @workgroup_size(256)
+fn grkan_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let e = flat_workgroup(wg, nwg) * WG + lid;
+    if (e >= p.elements) {
+        return;
+    }
+    let g = (e % p.channels) / p.group_width;
+    let r = rational(g, x[e]);
+    out[e] = narrow(r.num / r.q);
+}
+
+@compute @workgroup_size(256)
+fn grkan_backward_partials(@builtin(workgroup_id) wg: vec3<u32>,
+                           @builtin(num_workgroups) nwg: vec3<u32>,
+                           @builtin(local_invocation_index) lid: u32) {
+    let w = flat_workgroup(wg, nwg);
+    if (w >= p.tiles * p.groups) {
+        return;
+    }
+    let g = w % p.groups;
+    let tile = w / p.groups;
+    let m = p.num_degree;
+    let n = p.den_degree;
+    let ncoef = m + 1u + n;
+    let row0 = tile * p.rows_per_tile;
+    let count = (min(p.rows, row0 + p.rows_per_tile) - row0) * p.group_width;
+
+    var acc: array<f32, MAX_COEFS>;
+    for (var k = 0u; k < MAX_COEFS; k++) {
+        acc[k] = 0.0;
+    }
+    for (var t = lid; t < count; t += WG) {
+        let e = (row0 + t / p.group_width) * p.channels + g * p.group_width + t % p.group_width;
+        let xv = x[e];
+        let g_out = dy[e];
+        let r = rational(g, xv);
+        let inv_q = 1.0 / r.q;
+        let dq = sgn(xv) * r.dq_abs;
+        out[e] = narrow(g_out * (r.dnum * inv_q - r.num * dq * inv_q * inv_q));
+        // da_i += dy · x^i / Q
+        var xi = 1.0;
+        for (var i = 0u; i <= m; i++) {
+            acc[i] += g_out * xi * inv_q;
+            xi *= xv;
+        }
+        // db_j += −dy · P/Q² · sgn(b_j) · |x|^j
+        let db_common = -g_out * r.num * inv_q * inv_q;
+        let ax = abs(xv);
+        var axj = ax;
+        for (var j = 1u; j <= n; j++) {
+            acc[m + j] += db_common * sgn(b[g * n + j - 1u]) * axj;
+            axj *= ax;
+        }
+    }
+    // Tree-reduce each coefficient over the workgroup, in a fixed pattern.
+    for (var k = 0u; k < ncoef; k++) {
+        red[lid] = acc[k];
+        workgroupBarrier();
+        for (var s = WG / 2u; s > 0u; s >>= 1u) {
+            if (lid < s) {
+                red[lid] += red[lid + s];
+            }
+            workgroupBarrier();
+        }
+        if (lid == 0u) {
+            partials[w * ncoef + k] = red[0];
+        }
+        workgroupBarrier();
+    }
+}
+
+@compute @workgroup_size(256)
+fn grkan_backward_reduce(@builtin(workgroup_id) wg: vec3<u32>,
+                         @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_index) lid: u32) {
+    let m = p.num_degree;
+    let n = p.den_degree;
+    let ncoef = m + 1u + n;
+    let i = flat_workgroup(wg, nwg) * WG + lid;
+    if (i >= p.groups * ncoef) {
+        return;
+    }
+    let g = i / ncoef;
+    let k = i % ncoef;
+    var sum = 0.0;
+    for (var t = 0u; t < p.tiles; t++) {
+        sum += partials[(t * p.groups + g) * ncoef + k];
+    }
+    if (k <= m) {
+        da[g * (m + 1u) + k] = sum;
+    } else {
+        db[g * n + k - m - 1u] = sum;
+    }
+}

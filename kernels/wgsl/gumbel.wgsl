@@ -1,0 +1,292 @@
+// Gumbel-Softmax (SPEC §4) with counter-based Philox4x32-10 noise.
+//
+// Forward and backward give one workgroup to each row: threads stride over the row's K
+// elements, and the row max, sum and argmax are reduced in workgroup memory. Rows of at most
+// 64 elements take the `_rows` entry points instead: one thread per row. The noise of flat
+// element n depends only on (seed, offset, n), so any thread may draw any element's noise.
+// Flat indices fit in 32 bits: a storage binding holds fewer than 2^32 bytes (host-checked).
+
+struct Params {
+    rows: u32,
+    classes: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    offset_lo: u32,
+    offset_hi: u32,
+    hard: u32,       // 1: y is the one-hot argmax
+    has_y_soft: u32, // 1: write y_soft
+    inv_tau: f32,
+    elements: u32,   // gumbel_noise: elements to draw
+}
+
+const WG: u32 = 64u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;
+// Forward: y. Backward: dlogits. Noise: g.
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y_soft: array<f32>;
+@group(0) @binding(4) var<storage, read> y_soft_in: array<f32>;
+@group(0) @binding(5) var<storage, read> dy: array<f32>;
+// philox_words: counter (4 words) and key (2 words) in, 4 words out.
+@group(0) @binding(6) var<storage, read_write> words: array<u32>;
+
+var<workgroup> red: array<f32, WG>;
+var<workgroup> red_idx: array<u32, WG>;
+
+// The high half of the 64-bit product a · b, from 16-bit limbs (WGSL has no 64-bit integers).
+fn mul_hi(a: u32, b: u32) -> u32 {
+    let al = a & 0xffffu;
+    let ah = a >> 16u;
+    let bl = b & 0xffffu;
+    let bh = b >> 16u;
+    let lh = al * bh;
+    let hl = ah * bl;
+    let mid = ((al * bl) >> 16u) + (lh & 0xffffu) + (hl & 0xffffu);
+    return ah * bh + (lh >> 16u) + (hl >> 16u) + (mid >> 16u);
+}
+
+// Philox4x32 with 10 rounds (Random123): multipliers 0xD2511F53, 0xCD9E8D57; key bumps
+// 0x9E3779B9, 0xBB67AE85. The low half of each product is WGSL's wrapping u32 product.
+fn philox4x32_10(counter: vec4<u32>, key: vec2<u32>) -> vec4<u32> {
+    var c = counter;
+    var k = key;
+    for (var round = 0u; round < 10u; round++) {
+        if (round > 0u) {
+            k += vec2<u32>(0x9E3779B9u, 0xBB67AE85u);
+        }
+        let hi0 = mul_hi(0xD2511F53u, c.x);
+        let lo0 = 0xD2511F53u * c.x;
+        let hi1 = mul_hi(0xCD9E8D57u, c.z);
+        let lo1 = 0xCD9E8D57u * c.z;
+        c = vec4<u32>(hi1 ^ c.y ^ k.x, lo1, hi0 ^ c.w ^ k.y, lo0);
+    }
+    return c;
+}
+
+// −ln(1 − t) for t in (0, 1), accurate in relative terms near t = 0 where ln(u) of u = 1 − t
+// is not (GPU ln has an absolute error bound near 1). WGSL has no log1p: for t <= 1/2 use
+// −ln(1 − t) = 2 atanh(z), z = t / (2 − t) <= 1/3, as an odd series to z^17.
+fn neg_log1p_neg(t: f32) -> f32 {
+    if (t > 0.5) {
+        return -log(1.0 - t);
+    }
+    let z = t / (2.0 - t);
+    let z2 = z * z;
+    var s = 1.0 / 17.0;
+    s = s * z2 + 1.0 / 15.0;
+    s = s * z2 + 1.0 / 13.0;
+    s = s * z2 + 1.0 / 11.0;
+    s = s * z2 + 1.0 / 9.0;
+    s = s * z2 + 1.0 / 7.0;
+    s = s * z2 + 1.0 / 5.0;
+    s = s * z2 + 1.0 / 3.0;
+    s = s * z2 + 1.0;
+    return 2.0 * z * s;
+}
+
+// Gumbel noise of flat element n (SPEC §4): lane n % 4 of the Philox call for counter n / 4.
+fn gumbel_noise_at(n: u32) -> f32 {
+    let w = philox4x32_10(vec4<u32>(n >> 2u, 0u, p.offset_lo, p.offset_hi),
+                          vec2<u32>(p.seed_lo, p.seed_hi));
+    let x = w[n & 3u];
+    let u = (f32(x >> 9u) + 0.5) * (1.0 / 8388608.0);
+    let e = neg_log1p_neg(1.0 - u);
+    return -log(e);
+}
+
+fn reduce_max(lid: u32, v: f32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            red[lid] = max(red[lid], red[lid + s]);
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+fn reduce_sum(lid: u32, v: f32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            red[lid] += red[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+// The index of the largest value; ties go to the lowest index.
+fn reduce_argmax(lid: u32, v: f32, i: u32) -> u32 {
+    red[lid] = v;
+    red_idx[lid] = i;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            let ov = red[lid + s];
+            let oi = red_idx[lid + s];
+            if (ov > red[lid] || (ov == red[lid] && oi < red_idx[lid])) {
+                red[lid] = ov;
+                red_idx[lid] = oi;
+            }
+        }
+        workgroupBarrier();
+    }
+    let r = red_idx[0];
+    workgroupBarrier();
+    return r;
+}
+
+@compute @workgroup_size(64)
+fn gumbel_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let row = flat_workgroup(wg, nwg);
+    if (row >= p.rows) {
+        return;
+    }
+    let k_len = p.classes;
+    let base = row * k_len;
+    // Pass 1: s = logits + g, kept in `out` (an f32 buffer) until the last pass.
+    var m = -3.4028235e38;
+    for (var k = lid; k < k_len; k += WG) {
+        let s = logits[base + k] + gumbel_noise_at(base + k);
+        out[base + k] = s;
+        m = max(m, s);
+    }
+    m = reduce_max(lid, m);
+    // Pass 2: e = exp((s − max) / tau) (the max is subtracted first, as on the CPU).
+    var sum = 0.0;
+    for (var k = lid; k < k_len; k += WG) {
+        let e = exp((out[base + k] - m) * p.inv_tau);
+        out[base + k] = e;
+        sum += e;
+    }
+    let inv_sum = 1.0 / reduce_sum(lid, sum);
+    // Pass 3: normalise; track the argmax for the hard sample.
+    var best = -1.0;
+    var best_k = 0xffffffffu;
+    for (var k = lid; k < k_len; k += WG) {
+        let ys = out[base + k] * inv_sum;
+        if (p.has_y_soft == 1u) {
+            y_soft[base + k] = ys;
+        }
+        if (ys > best) {
+            best = ys;
+            best_k = k;
+        }
+        out[base + k] = narrow(ys);
+    }
+    if (p.hard == 1u) {
+        let arg = reduce_argmax(lid, best, best_k);
+        for (var k = lid; k < k_len; k += WG) {
+            out[base + k] = select(0.0, 1.0, k == arg);
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn gumbel_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let row = flat_workgroup(wg, nwg);
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.classes;
+    var dot = 0.0;
+    for (var k = lid; k < p.classes; k += WG) {
+        dot += y_soft_in[base + k] * dy[base + k];
+    }
+    dot = reduce_sum(lid, dot);
+    for (var k = lid; k < p.classes; k += WG) {
+        out[base + k] = narrow(p.inv_tau * y_soft_in[base + k] * (dy[base + k] - dot));
+    }
+}
+
+// Short rows (K <= 64, host's choice): one thread per row, no workgroup reductions, so that
+// 64 rows share a workgroup instead of 64 threads sharing one short row.
+@compute @workgroup_size(64)
+fn gumbel_forward_rows(@builtin(workgroup_id) wg: vec3<u32>,
+                       @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_index) lid: u32) {
+    let row = flat_workgroup(wg, nwg) * WG + lid;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.classes;
+    var m = -3.4028235e38;
+    for (var k = 0u; k < p.classes; k++) {
+        let s = logits[base + k] + gumbel_noise_at(base + k);
+        out[base + k] = s;
+        m = max(m, s);
+    }
+    var sum = 0.0;
+    for (var k = 0u; k < p.classes; k++) {
+        let e = exp((out[base + k] - m) * p.inv_tau);
+        out[base + k] = e;
+        sum += e;
+    }
+    let inv_sum = 1.0 / sum;
+    var best = -1.0;
+    var best_k = 0xffffffffu;
+    for (var k = 0u; k < p.classes; k++) {
+        let ys = out[base + k] * inv_sum;
+        if (p.has_y_soft == 1u) {
+            y_soft[base + k] = ys;
+        }
+        if (ys > best) {
+            best = ys;
+            best_k = k;
+        }
+        out[base + k] = narrow(ys);
+    }
+    if (p.hard == 1u) {
+        for (var k = 0u; k < p.classes; k++) {
+            out[base + k] = select(0.0, 1.0, k == best_k);
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn gumbel_backward_rows(@builtin(workgroup_id) wg: vec3<u32>,
+                        @builtin(num_workgroups) nwg: vec3<u32>,
+                        @builtin(local_invocation_index) lid: u32) {
+    let row = flat_workgroup(wg, nwg) * WG + lid;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.classes;
+    var dot = 0.0;
+    for (var k = 0u; k < p.classes; k++) {
+        dot += y_soft_in[base + k] * dy[base + k];
+    }
+    for (var k = 0u; k < p.classes; k++) {
+        out[base + k] = narrow(p.inv_tau * y_soft_in[base + k] * (dy[base + k] - dot));
+    }
+}
+
+@compute @workgroup_size(64)
+fn gumbel_noise(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let n = flat_workgroup(wg, nwg) * WG + lid;
+    if (n < p.elements) {
+        out[n] = gumbel_noise_at(n);
+    }
+}
+
+// The raw Philox words for one counter and key (tests compare them with SPEC's known answers).
+@compute @workgroup_size(1)
+fn philox_words() {
+    let w = philox4x32_10(vec4<u32>(words[0], words[1], words[2], words[3]),
+                          vec2<u32>(words[4], words[5]));
+    words[6] = w.x;
+    words[7] = w.y;
+    words[8] = w.z;
+    words[9] = w.w;
+}
