@@ -2,7 +2,7 @@
 //! before it touches a buffer, and helpers giving the expected length of each buffer.
 
 use crate::error::{Error, Result, check_len};
-use crate::layout::BLOCK;
+use crate::layout::{BLOCK, BlockLayout};
 
 /// Largest head dim any backend accepts (SPEC §1).
 pub const MAX_HEAD_DIM: usize = 256;
@@ -191,6 +191,71 @@ impl AttentionParams {
         check_len("dq", dq, s.q_len())?;
         check_len("dk", dk, s.k_len())?;
         check_len("dv", dv, s.v_len())
+    }
+}
+
+impl AttentionParams {
+    /// The sparse forward's checks: [`AttentionParams::check_forward`], the layout's dims, and
+    /// the lengths of the optional epilogue inputs `row_scale` and `residual`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn check_sparse_forward(
+        &self,
+        layout: &BlockLayout,
+        q: usize,
+        k: usize,
+        v: usize,
+        row_scale: Option<usize>,
+        residual: Option<usize>,
+        o: usize,
+        lse: usize,
+    ) -> Result<()> {
+        self.check_forward(q, k, v, o, lse)?;
+        layout.check_forward(self)?;
+        if let Some(n) = row_scale {
+            check_len("row_scale", n, self.shape.lse_len())?;
+        }
+        if let Some(n) = residual {
+            check_len("residual", n, self.shape.o_len())?;
+        }
+        Ok(())
+    }
+
+    /// The sparse backward's checks: [`AttentionParams::check_backward`], both layouts' dims,
+    /// and that `layout_t` is `layout.transpose()`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn check_sparse_backward(
+        &self,
+        layout: &BlockLayout,
+        layout_t: &BlockLayout,
+        q: usize,
+        k: usize,
+        v: usize,
+        o: usize,
+        d_o: usize,
+        lse: usize,
+        dq: usize,
+        dk: usize,
+        dv: usize,
+    ) -> Result<()> {
+        self.check_backward(q, k, v, o, d_o, lse, dq, dk, dv)?;
+        layout.check_forward(self)?;
+        layout_t.check_transposed(self)?;
+        if *layout_t != layout.transpose() {
+            return Err(Error::bad(
+                "layout_t",
+                "the transpose of `layout` (BlockLayout::transpose)",
+                "a different layout",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `block_topk`'s checks: parameters, `topk`, and the lengths of `q` and `k`.
+    pub fn check_topk(&self, topk: &TopkParams, q: usize, k: usize) -> Result<()> {
+        self.validate()?;
+        topk.validate()?;
+        check_len("q", q, self.shape.q_len())?;
+        check_len("k", k, self.shape.k_len())
     }
 }
 

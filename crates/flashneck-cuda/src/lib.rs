@@ -199,12 +199,20 @@ impl SparseAttentionOps for CudaBackend {
         q: &CudaBuffer<T>,
         k: &CudaBuffer<T>,
         v: &CudaBuffer<T>,
-        _epilogue: SparseEpilogue<'_, Self, T>,
+        epilogue: SparseEpilogue<'_, Self, T>,
         o: &mut CudaBuffer<T>,
         lse: &mut CudaBuffer<f32>,
     ) -> Result<()> {
-        p.check_forward(q.len(), k.len(), v.len(), o.len(), lse.len())?;
-        layout.host.check_forward(p)?;
+        p.check_sparse_forward(
+            &layout.host,
+            q.len(),
+            k.len(),
+            v.len(),
+            epilogue.row_scale.map(|b| b.len()),
+            epilogue.residual.map(|b| b.len()),
+            o.len(),
+            lse.len(),
+        )?;
         self.unsupported("sparse_attention_forward has no CUDA kernel yet")
     }
 
@@ -223,7 +231,9 @@ impl SparseAttentionOps for CudaBackend {
         dk: &mut CudaBuffer<T>,
         dv: &mut CudaBuffer<T>,
     ) -> Result<()> {
-        p.check_backward(
+        p.check_sparse_backward(
+            &layout.host,
+            &layout_t.host,
             q.len(),
             k.len(),
             v.len(),
@@ -234,15 +244,6 @@ impl SparseAttentionOps for CudaBackend {
             dk.len(),
             dv.len(),
         )?;
-        layout.host.check_forward(p)?;
-        layout_t.host.check_transposed(p)?;
-        if layout_t.host != layout.host.transpose() {
-            return Err(Error::bad(
-                "layout_t",
-                "the transpose of `layout` (BlockLayout::transpose)",
-                "a different layout",
-            ));
-        }
         self.unsupported("sparse_attention_backward has no CUDA kernel yet")
     }
 
@@ -253,10 +254,7 @@ impl SparseAttentionOps for CudaBackend {
         q: &CudaBuffer<T>,
         k: &CudaBuffer<T>,
     ) -> Result<DeviceLayout<Self>> {
-        p.validate()?;
-        topk.validate()?;
-        flashneck_core::error::check_len("q", q.len(), p.shape.q_len())?;
-        flashneck_core::error::check_len("k", k.len(), p.shape.k_len())?;
+        p.check_topk(topk, q.len(), k.len())?;
         self.unsupported("block_topk has no CUDA kernel yet")
     }
 }

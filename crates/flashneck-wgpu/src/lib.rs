@@ -432,15 +432,17 @@ impl SparseAttentionOps for WgpuBackend {
         o: &mut WgpuBuffer<T>,
         lse: &mut WgpuBuffer<f32>,
     ) -> Result<()> {
-        p.check_forward(q.len(), k.len(), v.len(), o.len(), lse.len())?;
-        layout.host.check_forward(p)?;
+        p.check_sparse_forward(
+            &layout.host,
+            q.len(),
+            k.len(),
+            v.len(),
+            epilogue.row_scale.map(|b| b.len()),
+            epilogue.residual.map(|b| b.len()),
+            o.len(),
+            lse.len(),
+        )?;
         check_layout_buffers(layout)?;
-        if let Some(r) = epilogue.row_scale {
-            check_len("row_scale", r.len(), p.shape.lse_len())?;
-        }
-        if let Some(r) = epilogue.residual {
-            check_len("residual", r.len(), p.shape.o_len())?;
-        }
         let extras = attention::ForwardExtras {
             layout: Some(layout),
             row_scale: epilogue.row_scale,
@@ -464,7 +466,9 @@ impl SparseAttentionOps for WgpuBackend {
         dk: &mut WgpuBuffer<T>,
         dv: &mut WgpuBuffer<T>,
     ) -> Result<()> {
-        p.check_backward(
+        p.check_sparse_backward(
+            &layout.host,
+            &layout_t.host,
             q.len(),
             k.len(),
             v.len(),
@@ -475,15 +479,6 @@ impl SparseAttentionOps for WgpuBackend {
             dk.len(),
             dv.len(),
         )?;
-        layout.host.check_forward(p)?;
-        layout_t.host.check_transposed(p)?;
-        if layout_t.host != layout.host.transpose() {
-            return Err(Error::bad(
-                "layout_t",
-                "the transpose of `layout` (BlockLayout::transpose)",
-                "a different layout",
-            ));
-        }
         check_layout_buffers(layout)?;
         check_layout_buffers(layout_t)?;
         let g = attention::Grads {
@@ -507,10 +502,7 @@ impl SparseAttentionOps for WgpuBackend {
         q: &WgpuBuffer<T>,
         k: &WgpuBuffer<T>,
     ) -> Result<DeviceLayout<Self>> {
-        p.validate()?;
-        topk.validate()?;
-        check_len("q", q.len(), p.shape.q_len())?;
-        check_len("k", k.len(), p.shape.k_len())?;
+        p.check_topk(topk, q.len(), k.len())?;
         attention::block_topk(self, p, topk, T::DTYPE, q, k)
     }
 }
