@@ -11,12 +11,12 @@ pub mod attention;
 pub mod grkan;
 pub mod gumbel;
 pub mod oracle;
+mod simd;
 
 use flashneck_core::{
     AttentionOps, AttentionParams, Backend, BackendInfo, BlockLayout, DType, DeviceBuffer,
     DeviceLayout, Element, Error, GrKanOps, GrKanParams, GumbelOps, GumbelParams, HeadDims, OpKind,
-    Result, Scalar, SparseAttentionOps, SparseEpilogue, TopkParams, error::check_len,
-    params::MAX_HEAD_DIM,
+    Result, Scalar, SparseAttentionOps, SparseEpilogue, TopkParams, params::MAX_HEAD_DIM,
 };
 use std::sync::Arc;
 
@@ -183,14 +183,16 @@ impl SparseAttentionOps for CpuBackend {
         o: &mut CpuBuffer<T>,
         lse: &mut CpuBuffer<f32>,
     ) -> Result<()> {
-        p.check_forward(q.len(), k.len(), v.len(), o.len(), lse.len())?;
-        layout.host.check_forward(p)?;
-        if let Some(r) = epilogue.row_scale {
-            check_len("row_scale", r.len(), p.shape.lse_len())?;
-        }
-        if let Some(r) = epilogue.residual {
-            check_len("residual", r.len(), p.shape.o_len())?;
-        }
+        p.check_sparse_forward(
+            &layout.host,
+            q.len(),
+            k.len(),
+            v.len(),
+            epilogue.row_scale.map(|b| b.len()),
+            epilogue.residual.map(|b| b.len()),
+            o.len(),
+            lse.len(),
+        )?;
         let row_scale = epilogue.row_scale.map(|b| b.0.as_slice());
         let residual = epilogue.residual.map(|b| b.0.as_slice());
         self.run(|| {
@@ -224,7 +226,9 @@ impl SparseAttentionOps for CpuBackend {
         dk: &mut CpuBuffer<T>,
         dv: &mut CpuBuffer<T>,
     ) -> Result<()> {
-        p.check_backward(
+        p.check_sparse_backward(
+            &layout.host,
+            &layout_t.host,
             q.len(),
             k.len(),
             v.len(),
@@ -235,15 +239,6 @@ impl SparseAttentionOps for CpuBackend {
             dk.len(),
             dv.len(),
         )?;
-        layout.host.check_forward(p)?;
-        layout_t.host.check_transposed(p)?;
-        if layout_t.host != layout.host.transpose() {
-            return Err(Error::bad(
-                "layout_t",
-                "the transpose of `layout` (BlockLayout::transpose)",
-                "a different layout",
-            ));
-        }
         self.run(|| {
             attention::backward(
                 p,
@@ -270,10 +265,7 @@ impl SparseAttentionOps for CpuBackend {
         q: &CpuBuffer<T>,
         k: &CpuBuffer<T>,
     ) -> Result<DeviceLayout<Self>> {
-        p.validate()?;
-        topk.validate()?;
-        check_len("q", q.len(), p.shape.q_len())?;
-        check_len("k", k.len(), p.shape.k_len())?;
+        p.check_topk(topk, q.len(), k.len())?;
         let layout = self.run(|| attention::block_topk(p, topk, &q.0, &k.0));
         self.upload_layout(&layout)
     }
