@@ -147,7 +147,9 @@ pub(crate) fn check_forward<B: Kernels, T: Element>(
     let tol = T::DTYPE.reduction_tolerance();
     let tag = format!("{what} {} {p:?}", T::DTYPE);
     assert_close(&format!("{tag}: o"), &o, &o_ref, tol, seed);
-    assert_close_f64(&format!("{tag}: lse"), &f64s(&lse), &lse_ref, tol, seed);
+    // LSE is an f32 statistic of inputs the oracle sees too: f32 tolerance in every dtype.
+    let lse_tol = flashneck_core::DType::F32.reduction_tolerance();
+    assert_close_f64(&format!("{tag}: lse"), &f64s(&lse), &lse_ref, lse_tol, seed);
     Some((o, lse))
 }
 

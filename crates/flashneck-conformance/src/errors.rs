@@ -49,7 +49,8 @@ fn expect_core_err<R: std::fmt::Debug>(r: Result<R>, kind: Kind, arg: &str) {
 
 /// A buffer of `n` elements, one longer when `name == bad`.
 fn buf<B: Backend, T: Element>(b: &B, name: &str, n: usize, bad: &str) -> B::Buffer<T> {
-    b.alloc(n + usize::from(name == bad)).unwrap()
+    // Capped: the huge-shape checks must be refused by validation, not by the allocator.
+    b.alloc(n.min(1 << 16) + usize::from(name == bad)).unwrap()
 }
 
 /// Run every attention-family op (dense fwd/bwd, sparse fwd/bwd, block_topk) with parameters
@@ -77,12 +78,13 @@ fn attention_ops<T: Element>(
     let mut dq = buf::<_, T>(b, "dq", s.q_len(), bad);
     let mut dk = buf::<_, T>(b, "dk", s.k_len(), bad);
     let mut dv = buf::<_, T>(b, "dv", s.v_len(), bad);
-    // A valid layout for a valid shape (built from the sane parts of `p`).
+    // A valid layout for a valid shape (built from the sane parts of `p`, capped so that the
+    // huge-shape checks stay small: validation must refuse them before looking at the layout).
     let sane = AttentionParams::new(AttentionShape::mha(
-        s.batch,
-        s.heads_q.max(1),
-        s.len_q,
-        s.len_k,
+        s.batch.min(4),
+        s.heads_q.clamp(1, 8),
+        s.len_q.min(1024),
+        s.len_k.min(1024),
         8,
     ));
     let layout = b.upload_layout(&BlockLayout::dense(&sane)).unwrap();
@@ -358,9 +360,9 @@ pub fn invalid_layouts<B: Kernels>(_b: &B, _cfg: Config) {
 /// Run GR-KAN forward and backward with parameters `p` and buffer `bad` one element too long.
 fn grkan_ops<T: Element>(b: &impl Kernels, p: &GrKanParams, bad: &str, kind: Kind, arg: &str) {
     // Lengths from the raw fields: they must not panic on invalid parameters either.
-    let xl = p.rows * p.channels;
-    let al = p.groups * (p.num_degree + 1);
-    let bl = p.groups * p.den_degree;
+    let xl = p.rows.saturating_mul(p.channels);
+    let al = p.groups.saturating_mul(p.num_degree + 1);
+    let bl = p.groups.saturating_mul(p.den_degree);
     let x = buf::<_, T>(b, "x", xl, bad);
     let a = buf::<_, f32>(b, "a", al, bad);
     let bb = buf::<_, f32>(b, "b", bl, bad);
@@ -395,6 +397,20 @@ pub fn grkan_bad_groups<B: Kernels>(b: &B, _cfg: Config) {
     for (c, g, arg) in [(12, 5, "channels"), (0, 4, "channels"), (12, 0, "groups")] {
         grkan_ops::<f32>(b, &GrKanParams::new(5, c, g), "none", Kind::Bad, arg);
     }
+}
+
+/// `rows · C` overflowing `usize`: `BadParameter` naming `rows`, never a panic.
+pub fn grkan_huge_shape<B: Kernels>(b: &B, _cfg: Config) {
+    let p = GrKanParams::new(usize::MAX / 4, 8, 4);
+    grkan_ops::<f32>(b, &p, "none", Kind::Bad, "rows");
+}
+
+/// Element counts overflowing `usize`: `BadParameter` naming `len_q` / `len_k`, never a panic.
+pub fn attention_huge_shape<B: Kernels>(b: &B, _cfg: Config) {
+    let p = AttentionParams::new(AttentionShape::mha(usize::MAX / 8, 4, 1 << 20, 70, 16));
+    attention_ops::<f32>(b, &p, "none", Kind::Bad, "len_q", &ATTENTION_OPS);
+    let p = AttentionParams::new(AttentionShape::mha(1, 4, 70, usize::MAX / 8, 16));
+    attention_ops::<f32>(b, &p, "none", Kind::Bad, "len_k", &ATTENTION_OPS);
 }
 
 /// `M > 7` or `N > 7`: `BadParameter` from both GR-KAN ops.
@@ -439,9 +455,17 @@ pub fn gumbel_buffer_lengths<B: Kernels>(b: &B, _cfg: Config) {
     crate::for_each_dtype!(check, b);
 }
 
-/// `tau <= 0`, NaN or infinite: `BadParameter` naming `tau`, from forward and backward.
+/// `tau <= 0`, subnormal, NaN or infinite: `BadParameter` naming `tau`, from forward and backward.
 pub fn gumbel_bad_tau<B: Kernels>(b: &B, _cfg: Config) {
-    for tau in [0.0, -0.0, -1.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+    for tau in [
+        0.0,
+        -0.0,
+        -1.0,
+        1e-40,
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+    ] {
         gumbel_ops::<f32>(b, &GumbelParams::new(3, 7, tau), "none", Kind::Bad, "tau");
     }
 }
@@ -477,6 +501,8 @@ macro_rules! error_tests {
                 invalid_layouts,
                 grkan_buffer_lengths,
                 grkan_bad_groups,
+                grkan_huge_shape,
+                attention_huge_shape,
                 grkan_bad_degrees,
                 gumbel_buffer_lengths,
                 gumbel_bad_tau,

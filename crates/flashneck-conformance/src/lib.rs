@@ -64,6 +64,18 @@ impl Config {
     }
 }
 
+impl Config {
+    /// `default`, unless the environment variable `FLASHNECK_CONFORMANCE` says `small` or
+    /// `full` (the GPU check runs the sanitizers on the small suite, the rest on the full one).
+    pub fn from_env(default: Config) -> Config {
+        match std::env::var("FLASHNECK_CONFORMANCE").as_deref() {
+            Ok("small") => Config::small(),
+            Ok("full") => Config::full(),
+            _ => default,
+        }
+    }
+}
+
 /// A random generator seeded from `FLASHNECK_SEED` or fresh entropy, with its seed for replay.
 pub fn fresh_rng() -> (StdRng, u64) {
     let seed = std::env::var("FLASHNECK_SEED")

@@ -10,7 +10,7 @@
 //! Outputs are written whole: an op never relies on the previous contents of an output buffer.
 
 use crate::dtype::{DType, Element, Scalar};
-use crate::error::Result;
+use crate::error::{Result, check_len};
 use crate::layout::BlockLayout;
 use crate::params::{AttentionParams, GrKanParams, GumbelParams, TopkParams};
 
@@ -127,22 +127,51 @@ pub trait Backend: Send + Sync + Sized {
 
     /// Upload a layout (already validated on the host) for the sparse ops.
     fn upload_layout(&self, layout: &BlockLayout) -> Result<DeviceLayout<Self>> {
-        Ok(DeviceLayout {
-            counts: self.upload(layout.counts())?,
-            indices: self.upload(layout.indices())?,
-            host: layout.clone(),
-        })
+        DeviceLayout::new(
+            layout.clone(),
+            self.upload(layout.counts())?,
+            self.upload(layout.indices())?,
+        )
     }
 }
 
-/// A [`BlockLayout`] on a backend's device, with the validated host copy kept beside it.
+/// A [`BlockLayout`] on a backend's device, with the validated host copy kept beside it. The
+/// fields are private so that the device buffers always have the host layout's lengths: a
+/// kernel may trust the dims it reads from [`DeviceLayout::host`].
 pub struct DeviceLayout<B: Backend> {
-    /// The host layout (validated; dims are read from it).
-    pub host: BlockLayout,
-    /// `counts [batch, heads, rows]`.
-    pub counts: B::Buffer<u32>,
-    /// `indices [batch, heads, rows, max_blocks]`.
-    pub indices: B::Buffer<u32>,
+    host: BlockLayout,
+    counts: B::Buffer<u32>,
+    indices: B::Buffer<u32>,
+}
+
+impl<B: Backend> DeviceLayout<B> {
+    /// Pair a host layout with device buffers holding its `counts` and `indices` (as uploaded
+    /// by [`Backend::upload_layout`], or written by a backend's `block_topk`).
+    pub fn new(host: BlockLayout, counts: B::Buffer<u32>, indices: B::Buffer<u32>) -> Result<Self> {
+        check_len("layout.counts", counts.len(), host.counts().len())?;
+        check_len("layout.indices", indices.len(), host.indices().len())?;
+        Ok(DeviceLayout {
+            host,
+            counts,
+            indices,
+        })
+    }
+    /// The validated host layout (dims are read from it).
+    pub fn host(&self) -> &BlockLayout {
+        &self.host
+    }
+    /// `counts [batch, heads, rows]` on the device.
+    pub fn counts(&self) -> &B::Buffer<u32> {
+        &self.counts
+    }
+    /// `indices [batch, heads, rows, max_blocks]` on the device.
+    pub fn indices(&self) -> &B::Buffer<u32> {
+        &self.indices
+    }
+    /// The host layout, dropping the device buffers.
+    pub fn into_host(self) -> BlockLayout {
+        self.host
+    }
 }
 
 /// Dense attention, FlashAttention-2 semantics (SPEC §1).

@@ -36,9 +36,14 @@ impl BlockLayout {
         counts: Vec<u32>,
         indices: Vec<u32>,
     ) -> Result<Self> {
-        let n_rows = batch * heads * rows;
+        let too_big = || Error::bad("rows", "a layout whose size fits in usize", rows);
+        let n_rows = batch
+            .checked_mul(heads)
+            .and_then(|n| n.checked_mul(rows))
+            .ok_or_else(too_big)?;
         check_len("counts", counts.len(), n_rows)?;
-        check_len("indices", indices.len(), n_rows * max_blocks)?;
+        let n_slots = n_rows.checked_mul(max_blocks).ok_or_else(too_big)?;
+        check_len("indices", indices.len(), n_slots)?;
         if max_blocks > cols {
             return Err(Error::bad(
                 "max_blocks",

@@ -9,6 +9,19 @@ pub const MAX_HEAD_DIM: usize = 256;
 /// Largest GR-KAN numerator or denominator degree (SPEC §3).
 pub const MAX_KAN_DEGREE: usize = 7;
 
+/// The product of `dims`, or a [`Error::BadParameter`] on `arg` when it overflows `usize`.
+fn checked_product(arg: &'static str, dims: &[usize]) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| {
+            Error::bad(
+                arg,
+                "a shape whose element count fits in usize",
+                format!("{dims:?}"),
+            )
+        })
+}
+
 /// Shapes of an attention call: `Q [B, Hq, Lq, D]`, `K [B, Hkv, Lk, D]`, `V [B, Hkv, Lk, Dv]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AttentionShape {
@@ -51,25 +64,39 @@ impl AttentionShape {
     pub fn group_size(&self) -> usize {
         self.heads_q / self.heads_kv
     }
-    /// Elements of `Q` and `dQ`.
+    /// Elements of `Q` and `dQ` (saturating: meaningful once [`AttentionShape::validate`] passed).
     pub fn q_len(&self) -> usize {
-        self.batch * self.heads_q * self.len_q * self.head_dim
+        self.batch
+            .saturating_mul(self.heads_q)
+            .saturating_mul(self.len_q)
+            .saturating_mul(self.head_dim)
     }
     /// Elements of `K` and `dK`.
     pub fn k_len(&self) -> usize {
-        self.batch * self.heads_kv * self.len_k * self.head_dim
+        self.batch
+            .saturating_mul(self.heads_kv)
+            .saturating_mul(self.len_k)
+            .saturating_mul(self.head_dim)
     }
     /// Elements of `V` and `dV`.
     pub fn v_len(&self) -> usize {
-        self.batch * self.heads_kv * self.len_k * self.head_dim_v
+        self.batch
+            .saturating_mul(self.heads_kv)
+            .saturating_mul(self.len_k)
+            .saturating_mul(self.head_dim_v)
     }
     /// Elements of `O`, `dO` and the Re-ttention residual.
     pub fn o_len(&self) -> usize {
-        self.batch * self.heads_q * self.len_q * self.head_dim_v
+        self.batch
+            .saturating_mul(self.heads_q)
+            .saturating_mul(self.len_q)
+            .saturating_mul(self.head_dim_v)
     }
     /// Elements of `LSE` and the Re-ttention row scale.
     pub fn lse_len(&self) -> usize {
-        self.batch * self.heads_q * self.len_q
+        self.batch
+            .saturating_mul(self.heads_q)
+            .saturating_mul(self.len_q)
     }
     /// Number of query blocks `nQB = ceil(Lq / 64)`.
     pub fn q_blocks(&self) -> usize {
@@ -100,6 +127,11 @@ impl AttentionShape {
                 return Err(Error::bad(arg, format!("1..={MAX_HEAD_DIM}"), d));
             }
         }
+        // Every buffer length must be representable, or `*_len` would overflow.
+        let rows_q = checked_product("len_q", &[self.batch, self.heads_q, self.len_q])?;
+        let rows_k = checked_product("len_k", &[self.batch, self.heads_kv, self.len_k])?;
+        checked_product("len_q", &[rows_q, self.head_dim.max(self.head_dim_v)])?;
+        checked_product("len_k", &[rows_k, self.head_dim.max(self.head_dim_v)])?;
         Ok(())
     }
 }
@@ -321,15 +353,15 @@ impl GrKanParams {
     }
     /// Elements of `x`, `y`, `dy`, `dx`.
     pub fn x_len(&self) -> usize {
-        self.rows * self.channels
+        self.rows.saturating_mul(self.channels)
     }
     /// Elements of `a` and `da`.
     pub fn a_len(&self) -> usize {
-        self.groups * (self.num_degree + 1)
+        self.groups.saturating_mul(self.num_degree + 1)
     }
     /// Elements of `b` and `db`.
     pub fn b_len(&self) -> usize {
-        self.groups * self.den_degree
+        self.groups.saturating_mul(self.den_degree)
     }
     /// Channels per group `C / G`.
     pub fn group_width(&self) -> usize {
@@ -361,6 +393,7 @@ impl GrKanParams {
                 self.den_degree,
             ));
         }
+        checked_product("rows", &[self.rows, self.channels])?;
         Ok(())
     }
 
@@ -433,7 +466,7 @@ impl GumbelParams {
     }
     /// Elements of `logits`, `y`, `y_soft`, `dy`, `dlogits`.
     pub fn len(&self) -> usize {
-        self.rows * self.classes
+        self.rows.saturating_mul(self.classes)
     }
     /// True when there are no elements.
     pub fn is_empty(&self) -> bool {
@@ -444,12 +477,15 @@ impl GumbelParams {
         if self.classes == 0 {
             return Err(Error::bad("classes", ">= 1", self.classes));
         }
-        if !(self.tau.is_finite() && self.tau > 0.0) {
-            return Err(Error::bad("tau", "a finite value > 0", self.tau));
+        // A subnormal tau would make 1/tau infinite; no useful temperature is that small.
+        if !(self.tau.is_finite() && self.tau >= f32::MIN_POSITIVE) {
+            return Err(Error::bad(
+                "tau",
+                "a finite value >= f32::MIN_POSITIVE (1.2e-38)",
+                self.tau,
+            ));
         }
-        if (self.rows as u128) * (self.classes as u128) > u64::MAX as u128 {
-            return Err(Error::bad("rows", "rows * classes < 2^64", self.rows));
-        }
+        checked_product("rows", &[self.rows, self.classes])?;
         Ok(())
     }
 
@@ -534,5 +570,12 @@ mod tests {
         assert!(GumbelParams::new(2, 3, f32::NAN).validate().is_err());
         assert!(GumbelParams::new(2, 0, 1.0).validate().is_err());
         assert!(GumbelParams::new(2, 3, 0.5).validate().is_ok());
+        assert!(GumbelParams::new(2, 3, 1e-40).validate().is_err());
+        assert!(GumbelParams::new(usize::MAX, 3, 1.0).validate().is_err());
+        assert!(GrKanParams::new(usize::MAX / 2, 8, 4).validate().is_err());
+        assert!(matches!(
+            AttentionShape::mha(usize::MAX / 4, 8, 1 << 20, 4, 64).validate(),
+            Err(Error::BadParameter { arg: "len_q", .. })
+        ));
     }
 }

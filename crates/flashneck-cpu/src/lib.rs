@@ -184,7 +184,7 @@ impl SparseAttentionOps for CpuBackend {
         lse: &mut CpuBuffer<f32>,
     ) -> Result<()> {
         p.check_sparse_forward(
-            &layout.host,
+            layout.host(),
             q.len(),
             k.len(),
             v.len(),
@@ -198,7 +198,7 @@ impl SparseAttentionOps for CpuBackend {
         self.run(|| {
             attention::forward(
                 p,
-                &layout.host,
+                layout.host(),
                 &q.0,
                 &k.0,
                 &v.0,
@@ -227,8 +227,8 @@ impl SparseAttentionOps for CpuBackend {
         dv: &mut CpuBuffer<T>,
     ) -> Result<()> {
         p.check_sparse_backward(
-            &layout.host,
-            &layout_t.host,
+            layout.host(),
+            layout_t.host(),
             q.len(),
             k.len(),
             v.len(),
@@ -242,8 +242,8 @@ impl SparseAttentionOps for CpuBackend {
         self.run(|| {
             attention::backward(
                 p,
-                &layout.host,
-                &layout_t.host,
+                layout.host(),
+                layout_t.host(),
                 &q.0,
                 &k.0,
                 &v.0,

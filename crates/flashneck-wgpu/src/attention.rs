@@ -98,8 +98,8 @@ pub(crate) fn forward<T>(
     let (counts, indices) = match x.layout {
         Some(l) => {
             prm.sparse = 1;
-            prm.max_blocks = l.host.max_blocks() as u32;
-            (l.counts.raw(), l.indices.raw())
+            prm.max_blocks = l.host().max_blocks() as u32;
+            (l.counts().raw(), l.indices().raw())
         }
         None => (&stand_in, &stand_in),
     };
@@ -155,13 +155,13 @@ pub(crate) fn backward<T>(
     let (counts, indices, counts_t, indices_t) = match layouts {
         Some((l, lt)) => {
             prm.sparse = 1;
-            prm.max_blocks = l.host.max_blocks() as u32;
-            prm.max_blocks_t = lt.host.max_blocks() as u32;
+            prm.max_blocks = l.host().max_blocks() as u32;
+            prm.max_blocks_t = lt.host().max_blocks() as u32;
             (
-                l.counts.raw(),
-                l.indices.raw(),
-                lt.counts.raw(),
-                lt.indices.raw(),
+                l.counts().raw(),
+                l.indices().raw(),
+                lt.counts().raw(),
+                lt.indices().raw(),
             )
         }
         None => (&stand_in, &stand_in, &stand_in, &stand_in),
@@ -297,9 +297,5 @@ pub(crate) fn block_topk<T>(
         be.download(&indices)?,
     )
     .map_err(|e| Error::device(BACKEND, format!("block_topk built an invalid layout: {e}")))?;
-    Ok(DeviceLayout {
-        host,
-        counts,
-        indices,
-    })
+    DeviceLayout::new(host, counts, indices)
 }
