@@ -329,6 +329,33 @@ mod tests {
     }
 
     #[test]
+    fn visible_blocks_and_anchor_match_enumeration_on_ragged_shapes() {
+        let lens = [1, 5, 63, 64, 65, 127, 130, 200, 257];
+        for &lq in &lens {
+            for &lk in &lens {
+                for causal in [false, true] {
+                    let p = params(lq, lk, causal);
+                    for qb in 0..lq.div_ceil(BLOCK) {
+                        let rows = qb * BLOCK..((qb + 1) * BLOCK).min(lq);
+                        // Brute force: highest key any row of the block sees, plus one.
+                        let seen = rows
+                            .clone()
+                            .flat_map(|i| (0..lk).filter(move |&j| p.visible(i, j)))
+                            .max()
+                            .map_or(0, |j| j / BLOCK + 1);
+                        assert_eq!(visible_key_blocks(&p, qb), seen, "{lq} {lk} {causal} {qb}");
+                        // SPEC's anchor key, computed in i64 from its formula.
+                        let key =
+                            (lk as i64 - 1).min((qb as i64 + 1) * 64 - 1 + lk as i64 - lq as i64);
+                        let want = (key >= 0).then_some(key as usize / BLOCK);
+                        assert_eq!(local_anchor_block(&p, qb), want, "{lq} {lk} {qb}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn rho_of_empty_rows_is_zero() {
         let r = rho(
             &[f32::NEG_INFINITY, 0.0],

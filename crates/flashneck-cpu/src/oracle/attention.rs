@@ -4,7 +4,6 @@
 //! vector materialised. It shares nothing with the fast path but core's parameter and layout
 //! helpers. Layout `None` means dense attention (every key block selected).
 
-use flashneck_core::layout::{local_anchor_block, visible_key_blocks};
 use flashneck_core::{AttentionParams, BLOCK, BlockLayout, TopkParams};
 
 /// Whether query row `i` of head `(b, h)` attends to key `j`: the element mask of SPEC §1, and
@@ -17,7 +16,34 @@ fn attends(
     i: usize,
     j: usize,
 ) -> bool {
-    p.visible(i, j) && layout.is_none_or(|l| l.row(b, h, i / BLOCK).contains(&((j / BLOCK) as u32)))
+    sees(p, i, j) && layout.is_none_or(|l| l.row(b, h, i / BLOCK).contains(&((j / BLOCK) as u32)))
+}
+
+/// SPEC §1's element mask, written here again on purpose (the oracle shares no masking code
+/// with the backends): key `j` exists, and under `causal` (bottom-right aligned) `j <= i + Lk − Lq`.
+fn sees(p: &AttentionParams, i: usize, j: usize) -> bool {
+    let (lq, lk) = (p.shape.len_q as i64, p.shape.len_k as i64);
+    (j as i64) < lk && (!p.causal || j as i64 <= i as i64 + lk - lq)
+}
+
+/// Key blocks holding at least one key some row of query block `qb` sees, by enumeration.
+fn visible_blocks(p: &AttentionParams, qb: usize) -> Vec<bool> {
+    let s = &p.shape;
+    let rows = qb * BLOCK..((qb + 1) * BLOCK).min(s.len_q);
+    (0..s.k_blocks())
+        .map(|kb| {
+            let keys = kb * BLOCK..((kb + 1) * BLOCK).min(s.len_k);
+            rows.clone().any(|i| keys.clone().any(|j| sees(p, i, j)))
+        })
+        .collect()
+}
+
+/// SPEC §2's anchor of the `local` window: the block holding key
+/// `min(Lk − 1, (qb + 1)·64 − 1 + Lk − Lq)`; none when that key index is negative.
+fn anchor_block(p: &AttentionParams, qb: usize) -> Option<usize> {
+    let (lq, lk) = (p.shape.len_q as i64, p.shape.len_k as i64);
+    let key = (lk - 1).min((qb as i64 + 1) * BLOCK as i64 - 1 + lk - lq);
+    (key >= 0).then_some(key as usize / BLOCK)
 }
 
 /// Scores `s_j = scale · q_i · k_j` of one query row against every key it attends to
@@ -191,27 +217,19 @@ pub fn block_topk(p: &AttentionParams, topk: &TopkParams, q: &[f64], k: &[f64]) 
             for qb in 0..nqb {
                 let q_mean = mean_rows(qh, d, qb * BLOCK, ((qb + 1) * BLOCK).min(s.len_q));
                 // Blocks holding at least one key this query block may see.
-                let visible = if p.causal {
-                    visible_key_blocks(p, qb)
-                } else {
-                    nkb
-                };
+                let visible = visible_blocks(p, qb);
                 let mut chosen = vec![false; nkb];
-                for c in chosen.iter_mut().take(topk.sink.min(visible)) {
-                    *c = true;
+                let first_visible = (0..nkb).filter(|&kb| visible[kb]).take(topk.sink);
+                for kb in first_visible {
+                    chosen[kb] = true;
                 }
-                if let Some(anchor) = local_anchor_block(p, qb) {
-                    for back in 0..topk.local {
-                        if back > anchor {
-                            break;
-                        }
-                        if anchor - back < visible {
-                            chosen[anchor - back] = true;
-                        }
+                if let Some(anchor) = anchor_block(p, qb) {
+                    for kb in (0..=anchor).rev().take(topk.local) {
+                        chosen[kb] |= visible[kb];
                     }
                 }
-                let mut others: Vec<(f64, usize)> = (0..visible)
-                    .filter(|&kb| !chosen[kb])
+                let mut others: Vec<(f64, usize)> = (0..nkb)
+                    .filter(|&kb| visible[kb] && !chosen[kb])
                     .map(|kb| {
                         let dot: f64 = q_mean.iter().zip(&k_means[kb]).map(|(x, y)| x * y).sum();
                         (p.scale as f64 * dot, kb)
