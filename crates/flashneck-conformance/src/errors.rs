@@ -47,10 +47,23 @@ fn expect_core_err<R: std::fmt::Debug>(r: Result<R>, kind: Kind, arg: &str) {
     }
 }
 
-/// A buffer of `n` elements, one longer when `name == bad`.
+/// A NaN-filled buffer of `n` elements, one longer when `name == bad`.
 fn buf<B: Backend, T: Element>(b: &B, name: &str, n: usize, bad: &str) -> B::Buffer<T> {
     // Capped: the huge-shape checks must be refused by validation, not by the allocator.
-    b.alloc(n.min(1 << 16) + usize::from(name == bad)).unwrap()
+    crate::nan_buffer(b, n.min(1 << 16) + usize::from(name == bad))
+}
+
+/// Assert that refused calls wrote nothing (errors come before any launch): every element of
+/// each output is still the NaN it was filled with.
+#[track_caller]
+fn untouched<B: Backend, T: Element>(b: &B, outputs: &[(&str, &B::Buffer<T>)]) {
+    for (name, out) in outputs {
+        let v = b.download(out).unwrap();
+        assert!(
+            v.iter().all(|x| x.to_f32().is_nan()),
+            "`{name}` was written by a call that was refused"
+        );
+    }
 }
 
 /// Run every attention-family op (dense fwd/bwd, sparse fwd/bwd, block_topk) with parameters
@@ -119,6 +132,8 @@ fn attention_ops<T: Element>(
         };
         expect_err(b, op, dt, r, kind, arg);
     }
+    untouched(b, &[("o", &o), ("dq", &dq), ("dk", &dk), ("dv", &dv)]);
+    untouched(b, &[("lse", &lse)]);
 }
 
 /// The five attention-family ops.
@@ -379,6 +394,8 @@ fn grkan_ops<T: Element>(b: &impl Kernels, p: &GrKanParams, bad: &str, kind: Kin
         let r = b.grkan_backward(p, &x, &a, &bb, &dy, &mut dx, &mut da, &mut db);
         expect_err(b, OpKind::GrKanBackward, T::DTYPE, r, kind, arg);
     }
+    untouched(b, &[("y", &y), ("dx", &dx)]);
+    untouched(b, &[("da", &da), ("db", &db)]);
 }
 
 /// Each GR-KAN buffer one element too long: `ShapeMismatch` naming it.
@@ -442,6 +459,8 @@ fn gumbel_ops<T: Element>(b: &impl Kernels, p: &GumbelParams, bad: &str, kind: K
         let r = b.gumbel_softmax_backward(p, &ys_in, &dy, &mut dl);
         expect_err(b, OpKind::GumbelBackward, T::DTYPE, r, kind, arg);
     }
+    untouched(b, &[("y", &y), ("dlogits", &dl)]);
+    untouched(b, &[("y_soft", &ys)]);
 }
 
 /// Each Gumbel buffer one element too long: `ShapeMismatch` naming it.
