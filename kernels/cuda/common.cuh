@@ -14,6 +14,13 @@
 #define FN_DYNAMIC_SMEM(T, name)                                      \
     extern __shared__ __align__(16) unsigned char fn_dynamic_smem_raw[]; \
     T* name = reinterpret_cast<T*>(fn_dynamic_smem_raw)
+// NVRTC ships no <math.h>: the constants the contract promises (the emulator gets them there).
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+#ifndef NAN
+#define NAN __int_as_float(0x7fffffff)
+#endif
 #endif
 
 // Template tags of the half types; their storage is `unsigned short`.
@@ -139,6 +146,130 @@ struct fn_elem<fn_bf16_t> {
     static __device__ __forceinline__ float load(const storage* p, long long i) { return fn_bf2f(p[i]); }
     static __device__ __forceinline__ void store(storage* p, long long i, float v) { p[i] = fn_f2bf(v); }
 };
+
+// The f32 conversions of a half type by tag (scalars only, so nothing lands in local memory).
+template <typename Tag>
+struct fn_half;
+
+template <>
+struct fn_half<fn_f16_t> {
+    static __device__ __forceinline__ float to_f32(unsigned short h) { return fn_h2f(h); }
+    static __device__ __forceinline__ unsigned short from_f32(float f) { return fn_f2h(f); }
+};
+
+template <>
+struct fn_half<fn_bf16_t> {
+    static __device__ __forceinline__ float to_f32(unsigned short h) { return fn_bf2f(h); }
+    static __device__ __forceinline__ unsigned short from_f32(float f) { return fn_f2bf(f); }
+};
+
+// ---- vector access: N consecutive elements in one load or store -------------------------------
+// fn_vec<S, N>::load(p, v) reads p[0..N) into float v[N] with one vector load, store writes them
+// back converted to S; p must be aligned to the vector's size (N * sizeof(storage)). Provided:
+// fn_vec<float, 4> (16 bytes), fn_vec<half, 4> (8 bytes) and fn_vec<half, 8> (16 bytes).
+// fn_vec16<S> is the 16-byte one: 4 f32 or 8 halves.
+template <typename S, int N>
+struct fn_vec;
+
+template <>
+struct fn_vec<float, 4> {
+    static const int N = 4;
+    static __device__ __forceinline__ void load(const float* p, float* v) {
+        float4 q = *reinterpret_cast<const float4*>(p);
+        v[0] = q.x;
+        v[1] = q.y;
+        v[2] = q.z;
+        v[3] = q.w;
+    }
+    static __device__ __forceinline__ void store(float* p, const float* v) {
+        *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+    }
+};
+
+// W 32-bit words in one 8-byte (W = 2) or 16-byte (W = 4) access.
+template <int W>
+struct fn_words;
+
+template <>
+struct fn_words<2> {
+    static __device__ __forceinline__ void load(const void* p, unsigned* w) {
+        uint2 q = *reinterpret_cast<const uint2*>(p);
+        w[0] = q.x;
+        w[1] = q.y;
+    }
+    static __device__ __forceinline__ void store(void* p, const unsigned* w) {
+        *reinterpret_cast<uint2*>(p) = make_uint2(w[0], w[1]);
+    }
+};
+
+template <>
+struct fn_words<4> {
+    static __device__ __forceinline__ void load(const void* p, unsigned* w) {
+        uint4 q = *reinterpret_cast<const uint4*>(p);
+        w[0] = q.x;
+        w[1] = q.y;
+        w[2] = q.z;
+        w[3] = q.w;
+    }
+    static __device__ __forceinline__ void store(void* p, const unsigned* w) {
+        *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+    }
+};
+
+// N halves as N / 2 words, the lower-addressed half in the low 16 bits of each word.
+template <typename Tag, int VN>
+struct fn_vec_half {
+    static const int N = VN;
+    static __device__ __forceinline__ void load(const unsigned short* p, float* v) {
+        unsigned w[VN / 2];
+        fn_words<VN / 2>::load(p, w);
+#pragma unroll
+        for (int i = 0; i < VN / 2; ++i) {
+            v[2 * i] = fn_half<Tag>::to_f32((unsigned short)(w[i] & 0xffffu));
+            v[2 * i + 1] = fn_half<Tag>::to_f32((unsigned short)(w[i] >> 16));
+        }
+    }
+    static __device__ __forceinline__ void store(unsigned short* p, const float* v) {
+        unsigned w[VN / 2];
+#pragma unroll
+        for (int i = 0; i < VN / 2; ++i)
+            w[i] = (unsigned)fn_half<Tag>::from_f32(v[2 * i]) |
+                   ((unsigned)fn_half<Tag>::from_f32(v[2 * i + 1]) << 16);
+        fn_words<VN / 2>::store(p, w);
+    }
+};
+
+template <int N>
+struct fn_vec<fn_f16_t, N> : fn_vec_half<fn_f16_t, N> {};
+template <int N>
+struct fn_vec<fn_bf16_t, N> : fn_vec_half<fn_bf16_t, N> {};
+
+template <typename S>
+using fn_vec16 = fn_vec<S, 16 / (int)sizeof(typename fn_elem<S>::storage)>;
+
+// ---- fixed-order reductions ---------------------------------------------------------------------
+// Sum over a warp by an xor butterfly: every lane gets the same, order-fixed result.
+__device__ __forceinline__ float fn_warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Sum over a block launched with exactly THREADS threads (a multiple of 32): warp sums, then the
+// warps' sums added in warp order, so the result is bitwise reproducible; every thread gets it.
+// `scratch` holds THREADS / 32 floats in shared memory; for THREADS > 32 the function ends with a
+// barrier, so scratch can be reused at once, and every thread of the block must call it.
+template <int THREADS>
+__device__ __forceinline__ float fn_block_sum(float v, float* scratch) {
+    v = fn_warp_sum(v);
+    if (THREADS == 32) return v;
+    if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float s = 0.0f;
+    for (int w = 0; w < THREADS / 32; ++w) s += scratch[w];
+    __syncthreads();
+    return s;
+}
 
 // ---- tensor cores: mma.sync m16n8k16, f32 accumulate ------------------------------------------
 // Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type"),

@@ -19,50 +19,8 @@
 #define GRKAN_MAX_B 7   // N <= 7
 #define GRKAN_PARTIAL 16 // floats per (tile, group) partial: da[0..8), db[0..7), one pad
 
-// 16-byte vector access to storage type S, converting to and from f32.
-template <typename S> struct grkan_vec;
-template <> struct grkan_vec<float> {
-    static const int N = 4;
-    static __device__ __forceinline__ void load(const float* p, float* v) {
-        float4 q = *reinterpret_cast<const float4*>(p);
-        v[0] = q.x; v[1] = q.y; v[2] = q.z; v[3] = q.w;
-    }
-    static __device__ __forceinline__ void store(float* p, const float* v) {
-        *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
-    }
-};
-// The f32 conversions of the two 16-bit types.
-template <typename Tag> struct grkan_half;
-template <> struct grkan_half<fn_f16_t> {
-    static __device__ __forceinline__ float to_f32(unsigned short h) { return fn_h2f(h); }
-    static __device__ __forceinline__ unsigned short from_f32(float f) { return fn_f2h(f); }
-};
-template <> struct grkan_half<fn_bf16_t> {
-    static __device__ __forceinline__ float to_f32(unsigned short h) { return fn_bf2f(h); }
-    static __device__ __forceinline__ unsigned short from_f32(float f) { return fn_f2bf(f); }
-};
-template <typename Tag> struct grkan_vec_half {
-    static const int N = 8;
-    static __device__ __forceinline__ void load(const unsigned short* p, float* v) {
-        uint4 q = *reinterpret_cast<const uint4*>(p);
-        unsigned w[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            v[2 * i] = grkan_half<Tag>::to_f32((unsigned short)(w[i] & 0xffffu));
-            v[2 * i + 1] = grkan_half<Tag>::to_f32((unsigned short)(w[i] >> 16));
-        }
-    }
-    static __device__ __forceinline__ void store(unsigned short* p, const float* v) {
-        unsigned w[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-            w[i] = (unsigned)grkan_half<Tag>::from_f32(v[2 * i]) |
-                   ((unsigned)grkan_half<Tag>::from_f32(v[2 * i + 1]) << 16);
-        *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
-    }
-};
-template <> struct grkan_vec<fn_f16_t> : grkan_vec_half<fn_f16_t> {};
-template <> struct grkan_vec<fn_bf16_t> : grkan_vec_half<fn_bf16_t> {};
+// 16-byte vectors: 4 f32 or 8 f16/bf16 (common.cuh).
+template <typename T> using grkan_vec = fn_vec16<T>;
 
 // One group's coefficients for compile-time degrees (MA = M + 1 numerator and NB = N denominator
 // coefficients, NB >= 1), zero-padded when the call's degrees are lower: a[i] for i <= M,
@@ -99,7 +57,7 @@ __device__ __forceinline__ float grkan_value(const grkan_coefs<MA, NB>& c, float
 #pragma unroll
     for (int j = NB - 2; j >= 0; --j) s = fmaf(s, ax, c.babs[j]);
     float q = fmaf(s, ax, 1.0f);
-    return __fdividef(p, q); // q >= 1: accurate to 2 ulp
+    return p / q; // IEEE division: correct for every q (the kernel is memory-bound)
 }
 
 // The backward of one element: returns dx, adds this element's terms to da[], db[].
@@ -127,7 +85,7 @@ __device__ __forceinline__ float grkan_grad(const grkan_coefs<MA, NB>& c, float 
     float q = fmaf(s, ax, 1.0f);
     float dq_abs = fmaf(ds, ax, s);
     float dq = x < 0.0f ? -dq_abs : dq_abs;
-    float inv_q = __fdividef(1.0f, q); // q >= 1
+    float inv_q = 1.0f / q; // IEEE division, as the forward
     float y_over_q = p * inv_q * inv_q; // P / Q²
     float dx = dy * (dp * inv_q - y_over_q * dq);
     // da_i += dy x^i / Q; db_j += -dy (P/Q²) sgn(b_j) |x|^j.
@@ -197,23 +155,6 @@ __device__ __forceinline__ void grkan_forward_body(const typename fn_elem<T>::st
     }
 }
 
-// Sum v over the block in a fixed order; the result is valid in thread 0. `scratch` holds one
-// float per warp; the function ends with a barrier so scratch can be reused.
-__device__ __forceinline__ float grkan_block_sum(float v, float* scratch) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    float s = 0.0f;
-    if (threadIdx.x == 0) {
-        const int warps = (blockDim.x + 31) >> 5;
-        for (int w = 0; w < warps; ++w) s += scratch[w];
-    }
-    __syncthreads();
-    return s;
-}
-
 template <typename T, int MA, int NB>
 __device__ __forceinline__ void grkan_backward_body(const typename fn_elem<T>::storage* __restrict__ x,
                                                const float* __restrict__ a,
@@ -264,13 +205,13 @@ __device__ __forceinline__ void grkan_backward_body(const typename fn_elem<T>::s
 #pragma unroll
     for (int i = 0; i < MA; ++i) {
         if (i > m) break; // uniform across the block: every thread leaves together
-        float s = grkan_block_sum(da[i], scratch);
+        float s = fn_block_sum<GRKAN_THREADS>(da[i], scratch);
         if (threadIdx.x == 0) out[i] = s;
     }
 #pragma unroll
     for (int j = 0; j < NB; ++j) {
         if (j >= n) break;
-        float s = grkan_block_sum(db[j], scratch);
+        float s = fn_block_sum<GRKAN_THREADS>(db[j], scratch);
         if (threadIdx.x == 0) out[GRKAN_MAX_A + j] = s;
     }
 }
@@ -311,7 +252,7 @@ __device__ __forceinline__ void grkan_backward(const typename fn_elem<T>::storag
 
 // Sum the per-block partials of each (group, coefficient) over the tiles in a fixed order: one
 // block per output; thread t adds tiles t, t + blockDim, ... in order, then the block sums the
-// threads' values in a fixed tree (grkan_block_sum). Same shape, same order: bitwise reproducible.
+// threads' values in a fixed order (fn_block_sum). Same shape, same order: bitwise reproducible.
 // da[g, i] = Σ_t partials[t][g][i], db[g, j] = Σ_t partials[t][g][8 + j].
 __device__ __forceinline__ void grkan_reduce_impl(const float* __restrict__ partials,
                                                   float* __restrict__ da, float* __restrict__ db,
@@ -324,7 +265,7 @@ __device__ __forceinline__ void grkan_reduce_impl(const float* __restrict__ part
     float s = 0.0f;
     for (int t = threadIdx.x; t < tiles; t += blockDim.x)
         s += partials[((long long)t * groups + g) * GRKAN_PARTIAL + slot];
-    s = grkan_block_sum(s, scratch);
+    s = fn_block_sum<GRKAN_THREADS>(s, scratch);
     if (threadIdx.x != 0) return;
     if (i <= m)
         da[g * (m + 1) + i] = s;

@@ -12,10 +12,6 @@
 // that recomputes the noise and writes the outputs.
 #include "common.cuh"
 
-#ifndef INFINITY // the contract promises it; define it where common.cuh does not (NVRTC)
-#define INFINITY __int_as_float(0x7f800000)
-#endif
-
 #define GUMBEL_WARP_Q 8       // quads per thread held in registers, warp per row (K <= 1021)
 #define GUMBEL_BLOCK_Q 4      // quads per thread held in registers, block per row (K <= 4093)
 #define GUMBEL_BLOCK 256      // threads of a block-per-row launch
@@ -62,45 +58,8 @@ __device__ __forceinline__ float gumbel_from_word(unsigned x) {
 // Exponentials of z - max <= 0 use __expf (ex2.approx): relative error ~1e-6 over the range
 // where the softmax weight is not negligible, inside the f32 tolerance.
 
-// ---- quad access to storage type S --------------------------------------------------------------
-template <typename S> struct gumbel_quad;
-template <> struct gumbel_quad<float> {
-    static __device__ __forceinline__ void load(const float* p, float* v) {
-        float4 q = *reinterpret_cast<const float4*>(p);
-        v[0] = q.x; v[1] = q.y; v[2] = q.z; v[3] = q.w;
-    }
-    static __device__ __forceinline__ void store(float* p, const float* v) {
-        *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
-    }
-};
-// The f32 conversions of the two 16-bit types (scalars only, so nothing lands in local memory).
-template <typename Tag> struct gumbel_half;
-template <> struct gumbel_half<fn_f16_t> {
-    static __device__ __forceinline__ float to_f32(unsigned short h) { return fn_h2f(h); }
-    static __device__ __forceinline__ unsigned short from_f32(float f) { return fn_f2h(f); }
-};
-template <> struct gumbel_half<fn_bf16_t> {
-    static __device__ __forceinline__ float to_f32(unsigned short h) { return fn_bf2f(h); }
-    static __device__ __forceinline__ unsigned short from_f32(float f) { return fn_f2bf(f); }
-};
-template <typename Tag> struct gumbel_quad_half {
-    static __device__ __forceinline__ void load(const unsigned short* p, float* v) {
-        uint2 q = *reinterpret_cast<const uint2*>(p);
-        v[0] = gumbel_half<Tag>::to_f32((unsigned short)(q.x & 0xffffu));
-        v[1] = gumbel_half<Tag>::to_f32((unsigned short)(q.x >> 16));
-        v[2] = gumbel_half<Tag>::to_f32((unsigned short)(q.y & 0xffffu));
-        v[3] = gumbel_half<Tag>::to_f32((unsigned short)(q.y >> 16));
-    }
-    static __device__ __forceinline__ void store(unsigned short* p, const float* v) {
-        unsigned lo = (unsigned)gumbel_half<Tag>::from_f32(v[0]) |
-                      ((unsigned)gumbel_half<Tag>::from_f32(v[1]) << 16);
-        unsigned hi = (unsigned)gumbel_half<Tag>::from_f32(v[2]) |
-                      ((unsigned)gumbel_half<Tag>::from_f32(v[3]) << 16);
-        *reinterpret_cast<uint2*>(p) = make_uint2(lo, hi);
-    }
-};
-template <> struct gumbel_quad<fn_f16_t> : gumbel_quad_half<fn_f16_t> {};
-template <> struct gumbel_quad<fn_bf16_t> : gumbel_quad_half<fn_bf16_t> {};
+// ---- quad access to storage type S: 4 elements, 16 bytes (f32) or 8 (f16/bf16) (common.cuh)
+template <typename T> using gumbel_quad = fn_vec<T, 4>;
 
 // Load the lanes of quad q that lie in [lo, hi) (others: `fill`); whole when [4q, 4q+4) is in
 // [0, total).
@@ -161,15 +120,7 @@ __device__ __forceinline__ gumbel_arg gumbel_arg_combine(gumbel_arg a, gumbel_ar
 
 template <int THREADS> struct gumbel_reduce {
     __device__ __forceinline__ static float sum(float v, float* scratch) {
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        if (THREADS == 32) return v;
-        if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
-        __syncthreads();
-        float s = 0.0f;
-        for (int w = 0; w < THREADS / 32; ++w) s += scratch[w];
-        __syncthreads();
-        return s;
+        return fn_block_sum<THREADS>(v, scratch);
     }
     __device__ __forceinline__ static float max(float v, float* scratch) {
 #pragma unroll

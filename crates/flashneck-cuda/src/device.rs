@@ -192,7 +192,22 @@ impl Device {
 
     /// Launch `kernel` over `cfg` with `args` (in the kernel's parameter order). Real devices
     /// queue the launch on the stream; the emulator runs it to completion.
-    pub fn launch(&self, kernel: &str, cfg: &LaunchConfig, args: &[Arg]) -> Result<()> {
+    ///
+    /// # Safety
+    ///
+    /// The kernel dereferences the raw addresses in `args` without any check, so the caller
+    /// guarantees that `args` matches the kernel's parameter list (count and C types), and that
+    /// every [`Arg::Ptr`] is 0 (only where the kernel never dereferences it) or the address of a
+    /// live buffer of this device ([`crate::CudaBuffer::addr`]) holding at least the elements the
+    /// kernel reads or writes for the given sizes and `cfg`, and staying alive until the work
+    /// completes (in stream order on a real device). Buffers the kernel writes must not be
+    /// aliased by buffers it reads unless the kernel allows it.
+    pub(crate) unsafe fn launch(
+        &self,
+        kernel: &str,
+        cfg: &LaunchConfig,
+        args: &[Arg],
+    ) -> Result<()> {
         if cfg.grid.contains(&0) || cfg.block.contains(&0) {
             return Err(Error::device(
                 self.backend(),
@@ -216,7 +231,10 @@ impl Device {
                     block: cfg.block,
                     shared_bytes: cfg.shared_bytes,
                 };
-                crate::emu::launch(kernel, &c, &mut ptrs)
+                // SAFETY: `ptrs` holds one pointer per kernel parameter, each to a value of the
+                // parameter's type living in `values` until the call returns; the device pointers
+                // among them meet this function's contract (host buffers under emulation).
+                unsafe { crate::emu::launch(kernel, &c, &mut ptrs) }
                     .map_err(|e| Error::device(EMULATED, format!("{kernel}: {e}")))
             }
             Device::Real(d) => {
@@ -225,7 +243,7 @@ impl Device {
                 d.ctx.bind_to_thread().map_err(driver_error)?;
                 // SAFETY: `ptrs` holds one pointer per kernel parameter, each to a value of the
                 // parameter's type that lives until the call returns (the driver copies them);
-                // device pointers come from live buffers sized by the op's validated params.
+                // the device pointers among them meet this function's contract.
                 unsafe {
                     cudarc::driver::result::launch_kernel(
                         f.cu_function(),

@@ -52,7 +52,20 @@ const ERROR_BYTES: usize = 4096;
 /// Returns `Err` for an unknown kernel, a wrong number of arguments, an invalid launch
 /// configuration, or a fault the emulator detected (barrier divergence, a warp collective that
 /// cannot complete, a misaligned `ldmatrix`/`cp.async`).
-pub fn launch(kernel: &str, cfg: &EmuLaunchConfig, args: &mut [*mut c_void]) -> Result<(), String> {
+///
+/// # Safety
+///
+/// The emulated kernel reads and writes through the pointers in `args` without any check. The
+/// caller guarantees that entry `i` points at a live, properly aligned value of the type of the
+/// kernel's `i`-th parameter, and that every pointer-typed argument value is null (only where
+/// the kernel never dereferences it) or points at host memory, valid for reads and (for what the
+/// kernel writes) writes, of at least the extent the kernel accesses for the given sizes and
+/// `cfg`, not accessed by anything else until this returns.
+pub unsafe fn launch(
+    kernel: &str,
+    cfg: &EmuLaunchConfig,
+    args: &mut [*mut c_void],
+) -> Result<(), String> {
     let entry = KERNELS
         .iter()
         .find(|k| k.name == kernel)
@@ -78,7 +91,7 @@ pub fn launch(kernel: &str, cfg: &EmuLaunchConfig, args: &mut [*mut c_void]) -> 
     let mut error = vec![0u8; ERROR_BYTES];
     // SAFETY: `raw` and `error` outlive the call, `error.len()` bounds the message written, and
     // `args` holds one non-null pointer per kernel parameter (checked above); the caller guarantees
-    // what each points at, as documented.
+    // what each points at (this function's `# Safety` contract).
     let rc = unsafe {
         (entry.launch)(
             &raw,

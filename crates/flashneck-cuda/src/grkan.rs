@@ -7,7 +7,7 @@
 use crate::device::{Arg, Device, LaunchConfig};
 use crate::memory::CudaBuffer;
 use crate::{elem_suffix, fits_i32};
-use flashneck_core::{Element, GrKanParams, Result};
+use flashneck_core::{DeviceBuffer, Element, GrKanParams, Result};
 
 /// Threads per block (`GRKAN_THREADS` in grkan.cu).
 const THREADS: u32 = 256;
@@ -53,7 +53,7 @@ fn shape_args(p: &GrKanParams, t: &Tiling) -> [Arg; 7] {
     ]
 }
 
-/// `y = P(x) / Q(x)`. Parameters and lengths are validated by the caller.
+/// `y = P(x) / Q(x)`, after validating the parameters and every buffer's length.
 pub fn forward<T: Element>(
     dev: &Device,
     p: &GrKanParams,
@@ -62,6 +62,7 @@ pub fn forward<T: Element>(
     b: &CudaBuffer<f32>,
     y: &mut CudaBuffer<T>,
 ) -> Result<()> {
+    p.check_forward(x.len(), a.len(), b.len(), y.len())?;
     if p.rows == 0 {
         return Ok(());
     }
@@ -74,15 +75,20 @@ pub fn forward<T: Element>(
     ];
     args.extend(shape_args(p, &t));
     let cfg = LaunchConfig::linear((t.tiles * p.groups) as u32, THREADS);
-    dev.launch(
-        &format!("grkan_forward_{}", elem_suffix::<T>()),
-        &cfg,
-        &args,
-    )
+    // SAFETY: `args` follows `grkan_forward_<T>`'s parameter list; x and y hold rows·channels
+    // elements, a groups·(M+1) and b groups·N (checked above), all live buffers of `dev` (y
+    // borrowed mutably, so not aliased), and the grid covers exactly `tiles` tiles × groups.
+    unsafe {
+        dev.launch(
+            &format!("grkan_forward_{}", elem_suffix::<T>()),
+            &cfg,
+            &args,
+        )
+    }
 }
 
 /// `dx` and the fixed-order sums `da`, `db`: one fused pass writing a partial per block, then
-/// `grkan_reduce` summing the partials in tile order.
+/// `grkan_reduce` summing the partials in tile order. Validates parameters and lengths first.
 #[allow(clippy::too_many_arguments)]
 pub fn backward<T: Element>(
     dev: &Device,
@@ -95,6 +101,15 @@ pub fn backward<T: Element>(
     da: &mut CudaBuffer<f32>,
     db: &mut CudaBuffer<f32>,
 ) -> Result<()> {
+    p.check_backward(
+        x.len(),
+        a.len(),
+        b.len(),
+        dy.len(),
+        dx.len(),
+        da.len(),
+        db.len(),
+    )?;
     let t = tiling::<T>(dev, p)?;
     let tiles = if p.rows == 0 { 0 } else { t.tiles };
     let mut partials = CudaBuffer::<f32>::zeros(dev, tiles * p.groups * PARTIAL)?;
@@ -109,11 +124,17 @@ pub fn backward<T: Element>(
         ];
         args.extend(shape_args(p, &t));
         let cfg = LaunchConfig::linear((tiles * p.groups) as u32, THREADS);
-        dev.launch(
-            &format!("grkan_backward_{}", elem_suffix::<T>()),
-            &cfg,
-            &args,
-        )?;
+        // SAFETY: `args` follows `grkan_backward_<T>`'s parameter list; x, dy and dx hold
+        // rows·channels elements, a groups·(M+1), b groups·N (checked above) and `partials`
+        // tiles·groups·PARTIAL floats, one partial per block of this grid; outputs are
+        // borrowed mutably (or owned), so no buffer aliases another.
+        unsafe {
+            dev.launch(
+                &format!("grkan_backward_{}", elem_suffix::<T>()),
+                &cfg,
+                &args,
+            )?;
+        }
     }
     // One block per coefficient of every group (the sum over zero tiles writes zeros).
     let outputs = p.groups * (p.num_degree + 1 + p.den_degree);
@@ -128,6 +149,9 @@ pub fn backward<T: Element>(
         Arg::I32(p.den_degree as i32),
     ];
     let cfg = LaunchConfig::linear(outputs as u32, THREADS);
-    // `partials` is freed when this returns; cudarc frees device memory in stream order.
-    dev.launch("grkan_reduce", &cfg, &args)
+    // SAFETY: `args` follows `grkan_reduce`'s parameter list: `partials` holds
+    // tiles·groups·PARTIAL floats, da groups·(M+1) and db groups·N (checked above), one block
+    // per coefficient. `partials` is freed when this returns, after the launch is queued:
+    // cudarc frees device memory in stream order, and the emulator has finished by then.
+    unsafe { dev.launch("grkan_reduce", &cfg, &args) }
 }

@@ -7,7 +7,7 @@
 use crate::device::{Arg, Device, LaunchConfig};
 use crate::memory::CudaBuffer;
 use crate::{elem_suffix, fits_i32};
-use flashneck_core::{Element, GumbelParams, Result};
+use flashneck_core::{DeviceBuffer, Element, GumbelParams, Result};
 
 const WARP_ROWS: usize = 4; // GUMBEL_WARP_ROWS
 const WARP_QUADS: usize = 32 * 8; // 32 lanes × GUMBEL_WARP_Q
@@ -28,7 +28,7 @@ fn row_mapping(dev: &Device, rows: usize, classes: usize) -> Result<(&'static st
     }
 }
 
-/// Forward; parameters and lengths are validated by the caller.
+/// Forward, after validating the parameters and every buffer's length.
 pub fn forward<T: Element>(
     dev: &Device,
     p: &GumbelParams,
@@ -36,6 +36,7 @@ pub fn forward<T: Element>(
     y: &mut CudaBuffer<T>,
     y_soft: Option<&mut CudaBuffer<f32>>,
 ) -> Result<()> {
+    p.check_forward(logits.len(), y.len(), y_soft.as_ref().map(|b| b.len()))?;
     if p.rows == 0 {
         return Ok(());
     }
@@ -55,14 +56,20 @@ pub fn forward<T: Element>(
         Arg::U64(p.offset),
         Arg::I32(p.hard as i32),
     ];
-    dev.launch(
-        &format!("gumbel_forward_{variant}_{}", elem_suffix::<T>()),
-        &cfg,
-        &args,
-    )
+    // SAFETY: `args` follows `gumbel_forward_<variant>_<T>`'s parameter list; logits, y and
+    // y_soft (when given; null otherwise, which the kernel checks before writing it) hold
+    // rows·classes elements (checked above), all live buffers of `dev`, outputs borrowed
+    // mutably; `row_mapping`'s grid covers the rows, and the kernel skips rows past `rows`.
+    unsafe {
+        dev.launch(
+            &format!("gumbel_forward_{variant}_{}", elem_suffix::<T>()),
+            &cfg,
+            &args,
+        )
+    }
 }
 
-/// Backward; parameters and lengths are validated by the caller.
+/// Backward, after validating the parameters and every buffer's length.
 pub fn backward<T: Element>(
     dev: &Device,
     p: &GumbelParams,
@@ -70,6 +77,7 @@ pub fn backward<T: Element>(
     dy: &CudaBuffer<T>,
     dlogits: &mut CudaBuffer<T>,
 ) -> Result<()> {
+    p.check_backward(y_soft.len(), dy.len(), dlogits.len())?;
     if p.rows == 0 {
         return Ok(());
     }
@@ -82,16 +90,20 @@ pub fn backward<T: Element>(
         Arg::I32(p.classes as i32),
         Arg::F32(p.tau),
     ];
-    dev.launch(
-        &format!("gumbel_backward_{variant}_{}", elem_suffix::<T>()),
-        &cfg,
-        &args,
-    )
+    // SAFETY: `args` follows `gumbel_backward_<variant>_<T>`'s parameter list; y_soft, dy and
+    // dlogits hold rows·classes elements (checked above), all live buffers of `dev`, dlogits
+    // borrowed mutably; the kernel skips rows past `rows`.
+    unsafe {
+        dev.launch(
+            &format!("gumbel_backward_{variant}_{}", elem_suffix::<T>()),
+            &cfg,
+            &args,
+        )
+    }
 }
 
 /// The raw noise of flat elements `0 .. out.len()`.
 pub fn noise(dev: &Device, seed: u64, offset: u64, out: &mut CudaBuffer<f32>) -> Result<()> {
-    use flashneck_core::DeviceBuffer;
     let n = out.len();
     if n == 0 {
         return Ok(());
@@ -104,5 +116,7 @@ pub fn noise(dev: &Device, seed: u64, offset: u64, out: &mut CudaBuffer<f32>) ->
         Arg::U64(seed),
         Arg::U64(offset),
     ];
-    dev.launch("gumbel_noise", &LaunchConfig::linear(blocks, BLOCK), &args)
+    // SAFETY: `args` follows `gumbel_noise`'s parameter list; the grid-stride kernel writes
+    // exactly elements 0..n of `out`, a live buffer of `dev` of n floats borrowed mutably.
+    unsafe { dev.launch("gumbel_noise", &LaunchConfig::linear(blocks, BLOCK), &args) }
 }

@@ -2,8 +2,10 @@
 //!
 //! The CUDA backend: hand-written kernels (`kernels/cuda/*.cu`) compiled by NVRTC at run time and
 //! launched through cudarc, or run on the CPU by the emulator of the CUDA execution model
-//! ([`emu`]). Both go through one launch interface ([`device::Device::launch`]), so the host code
-//! of every op (tiling, grid, arguments) is the same on both and is tested under emulation.
+//! ([`emu`]). Both go through one crate-private launch interface (`device::Device::launch`), so
+//! the host code of every op (tiling, grid, arguments) is the same on both and is tested under
+//! emulation. Raw addresses never cross the public API: callers hand over [`CudaBuffer`]s and the
+//! ops validate their lengths before any launch.
 //!
 //! The crate builds and its tests run on machines without CUDA: libcuda and libnvrtc are loaded
 //! at run time, and [`CudaBackend::new`] returns an error (never panics) when they are absent.
@@ -12,7 +14,7 @@
 //! bf16. Dense and sparse attention are not implemented here yet: they return
 //! [`Error::Unsupported`] and are not claimed in [`Backend::info`].
 
-pub mod device;
+mod device;
 pub mod emu;
 mod grkan;
 mod gumbel;
@@ -75,11 +77,6 @@ impl CudaBackend {
     /// True for the emulated backend.
     pub fn is_emulated(&self) -> bool {
         matches!(self.device, Device::Emulated)
-    }
-
-    /// The device this backend launches on.
-    pub fn device(&self) -> &Device {
-        &self.device
     }
 
     /// Milliseconds `f` takes on the device: CUDA events around it (emulated: wall clock).
@@ -204,7 +201,7 @@ impl SparseAttentionOps for CudaBackend {
         lse: &mut CudaBuffer<f32>,
     ) -> Result<()> {
         p.check_sparse_forward(
-            &layout.host,
+            layout.host(),
             q.len(),
             k.len(),
             v.len(),
@@ -232,8 +229,8 @@ impl SparseAttentionOps for CudaBackend {
         dv: &mut CudaBuffer<T>,
     ) -> Result<()> {
         p.check_sparse_backward(
-            &layout.host,
-            &layout_t.host,
+            layout.host(),
+            layout_t.host(),
             q.len(),
             k.len(),
             v.len(),
@@ -268,7 +265,6 @@ impl GrKanOps for CudaBackend {
         b: &CudaBuffer<f32>,
         y: &mut CudaBuffer<T>,
     ) -> Result<()> {
-        p.check_forward(x.len(), a.len(), b.len(), y.len())?;
         grkan::forward(&self.device, p, x, a, b, y)
     }
 
@@ -283,15 +279,6 @@ impl GrKanOps for CudaBackend {
         da: &mut CudaBuffer<f32>,
         db: &mut CudaBuffer<f32>,
     ) -> Result<()> {
-        p.check_backward(
-            x.len(),
-            a.len(),
-            b.len(),
-            dy.len(),
-            dx.len(),
-            da.len(),
-            db.len(),
-        )?;
         grkan::backward(&self.device, p, x, a, b, dy, dx, da, db)
     }
 }
@@ -304,7 +291,6 @@ impl GumbelOps for CudaBackend {
         y: &mut CudaBuffer<T>,
         y_soft: Option<&mut CudaBuffer<f32>>,
     ) -> Result<()> {
-        p.check_forward(logits.len(), y.len(), y_soft.as_ref().map(|b| b.len()))?;
         gumbel::forward(&self.device, p, logits, y, y_soft)
     }
 
@@ -315,7 +301,6 @@ impl GumbelOps for CudaBackend {
         dy: &CudaBuffer<T>,
         dlogits: &mut CudaBuffer<T>,
     ) -> Result<()> {
-        p.check_backward(y_soft.len(), dy.len(), dlogits.len())?;
         gumbel::backward(&self.device, p, y_soft, dy, dlogits)
     }
 

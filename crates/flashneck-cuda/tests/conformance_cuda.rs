@@ -1,5 +1,7 @@
 //! The conformance suite on a real CUDA device (device 0). Without a driver every test prints one
 //! `skip:` line and passes, unless `FLASHNECK_REQUIRE_CUDA=1`, which makes a missing driver fail.
+//! Full sizes by default; `FLASHNECK_CONFORMANCE=small` selects the small suite (gpu/run.sh does
+//! so under compute-sanitizer, which slows kernels 10-100x).
 
 use flashneck_cuda::CudaBackend;
 use std::io::Write;
@@ -36,7 +38,10 @@ macro_rules! real {
     };
 }
 
-flashneck_conformance::conformance_suite!(real!(), flashneck_conformance::Config::full());
+flashneck_conformance::conformance_suite!(
+    real!(),
+    flashneck_conformance::Config::from_env(flashneck_conformance::Config::full())
+);
 
 #[test]
 fn driver_check_is_consistent() {

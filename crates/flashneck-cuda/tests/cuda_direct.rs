@@ -1,125 +1,42 @@
-//! Direct checks of the CUDA kernels under the emulator against f64 references written here from
-//! SPEC §3/§4, on random ragged shapes that reach every code path (vectorized and scalar GR-KAN
-//! tiles; warp-per-row, block-per-row resident and chunked Gumbel rows). The conformance suite
-//! (tests/conformance_emu.rs) checks the same ops against the shared oracles.
+//! Direct checks of the CUDA kernels under the emulator against the suite's f64 oracles
+//! (flashneck_cpu::oracle, written from SPEC §3/§4) with SPEC §0's tolerances, on random ragged
+//! shapes chosen to reach every code path (vectorized and scalar GR-KAN tiles; warp-per-row,
+//! block-per-row resident and chunked Gumbel rows). The conformance suite
+//! (tests/conformance_emu.rs) checks the same ops on property-drawn shapes.
 
+use flashneck_conformance::{assert_close, bits, fresh_rng, random_input, relative_error};
 use flashneck_core::{
-    Backend, DType, Element, Error, GrKanOps, GrKanParams, GumbelOps, GumbelParams, philox,
+    Backend, DType, Element, Error, GrKanOps, GrKanParams, GumbelOps, GumbelParams,
 };
+use flashneck_cpu::oracle::{grkan, gumbel};
 use flashneck_cuda::CudaBackend;
 use half::{bf16, f16};
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand::{Rng, rngs::StdRng};
 
 fn backend() -> CudaBackend {
     CudaBackend::emulated().unwrap()
 }
 
-fn rng() -> (StdRng, u64) {
-    let seed = std::env::var("FLASHNECK_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::thread_rng().r#gen());
-    (StdRng::seed_from_u64(seed), seed)
-}
-
-/// Random values rounded to `T`, with their f64 copies.
-fn random<T: Element>(rng: &mut StdRng, n: usize, scale: f32) -> (Vec<T>, Vec<f64>) {
-    let v: Vec<T> = (0..n)
-        .map(|_| T::from_f32((rng.r#gen::<f32>() * 2.0 - 1.0) * scale))
-        .collect();
-    let f = v.iter().map(|x| x.to_f64()).collect();
-    (v, f)
-}
-
-/// `max|got − want| / max(1, max|want|)`, failing on any non-finite output.
-fn check(what: &str, got: &[f64], want: &[f64], tol: f64, seed: u64) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-    let mut worst = (0.0f64, 0usize);
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            g.is_finite(),
-            "{what}: element {i} is {g} (want {w}); FLASHNECK_SEED={seed}"
-        );
-        let e = (g - w).abs() / scale;
-        if e > worst.0 {
-            worst = (e, i);
-        }
-    }
-    assert!(
-        worst.0 <= tol,
-        "{what}: error {:.3e} > {tol:.1e} at {} (got {}, want {}); FLASHNECK_SEED={seed}",
-        worst.0,
-        worst.1,
-        got[worst.1],
-        want[worst.1]
-    );
-}
-
-fn f64s<T: Element>(v: &[T]) -> Vec<f64> {
-    v.iter().map(|x| x.to_f64()).collect()
-}
+/// SPEC §0: the tolerance of sums over many elements in f32 (GR-KAN's `da`, `db`, which are f32
+/// whatever the input dtype).
+const SUM_TOLERANCE: f64 = 1e-4;
 
 // ---- GR-KAN ------------------------------------------------------------------------------------
 
-fn sgn(v: f64) -> f64 {
-    if v < 0.0 { -1.0 } else { 1.0 }
-}
-
-/// f64 reference of SPEC §3: (y, dx, da, db).
-fn grkan_ref(
-    p: &GrKanParams,
-    x: &[f64],
-    a: &[f64],
-    b: &[f64],
-    dy: &[f64],
-) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
-    let (m, n, w) = (p.num_degree, p.den_degree, p.group_width());
-    let mut y = vec![0.0; x.len()];
-    let mut dx = vec![0.0; x.len()];
-    let mut da = vec![0.0; p.a_len()];
-    let mut db = vec![0.0; p.b_len()];
-    for (i, &xv) in x.iter().enumerate() {
-        let g = (i % p.channels) / w;
-        let ga = &a[g * (m + 1)..(g + 1) * (m + 1)];
-        let gb = &b[g * n..(g + 1) * n];
-        let pv: f64 = (0..=m).map(|k| ga[k] * xv.powi(k as i32)).sum();
-        let dp: f64 = (1..=m)
-            .map(|k| k as f64 * ga[k] * xv.powi(k as i32 - 1))
-            .sum();
-        let q = 1.0
-            + (1..=n)
-                .map(|j| gb[j - 1].abs() * xv.abs().powi(j as i32))
-                .sum::<f64>();
-        let dq = sgn(xv)
-            * (1..=n)
-                .map(|j| j as f64 * gb[j - 1].abs() * xv.abs().powi(j as i32 - 1))
-                .sum::<f64>();
-        y[i] = pv / q;
-        dx[i] = dy[i] * (dp / q - pv * dq / (q * q));
-        for k in 0..=m {
-            da[g * (m + 1) + k] += dy[i] * xv.powi(k as i32) / q;
-        }
-        for j in 1..=n {
-            db[g * n + j - 1] += -dy[i] * pv / (q * q) * sgn(gb[j - 1]) * xv.abs().powi(j as i32);
-        }
-    }
-    (y, dx, da, db)
-}
-
 fn grkan_case<T: Element>(b: &CudaBackend, rng: &mut StdRng, seed: u64, p: GrKanParams) {
-    let (x, xf) = random::<T>(rng, p.x_len(), 2.0);
-    let (dy, dyf) = random::<T>(rng, p.x_len(), 1.0);
-    let (a, af) = random::<f32>(rng, p.a_len(), 1.0);
-    let (bb, mut bf) = random::<f32>(rng, p.b_len(), 1.0);
+    let (x, xf) = random_input::<T>(rng, p.x_len(), 1.0);
+    let (dy, dyf) = random_input::<T>(rng, p.x_len(), 1.0);
+    let (a, af) = random_input::<f32>(rng, p.a_len(), 0.5);
+    let (mut bb, mut bf) = random_input::<f32>(rng, p.b_len(), 0.5);
     // Exercise sgn(±0) = +1 on one coefficient.
-    let mut bb = bb;
     if let Some(v) = bb.first_mut() {
         *v = -0.0;
         bf[0] = 0.0;
     }
-    let (y_ref, dx_ref, da_ref, db_ref) = grkan_ref(&p, &xf, &af, &bf, &dyf);
+    let y_ref = grkan::grkan_forward(&p, &xf, &af, &bf);
+    let (dx_ref, da_ref, db_ref) = grkan::grkan_backward(&p, &xf, &af, &bf, &dyf);
     let what = format!("{} {p:?}", T::DTYPE);
+    let tol = T::DTYPE.elementwise_tolerance();
 
     let xd = b.upload(&x).unwrap();
     let ad = b.upload(&a).unwrap();
@@ -127,10 +44,9 @@ fn grkan_case<T: Element>(b: &CudaBackend, rng: &mut StdRng, seed: u64, p: GrKan
     let dyd = b.upload(&dy).unwrap();
     let mut y = b.upload(&vec![T::from_f32(f32::NAN); p.x_len()]).unwrap();
     b.grkan_forward(&p, &xd, &ad, &bd, &mut y).unwrap();
-    let tol = T::DTYPE.elementwise_tolerance();
-    check(
+    assert_close(
         &format!("y {what}"),
-        &f64s(&b.download(&y).unwrap()),
+        &b.download(&y).unwrap(),
         &y_ref,
         tol,
         seed,
@@ -141,21 +57,17 @@ fn grkan_case<T: Element>(b: &CudaBackend, rng: &mut StdRng, seed: u64, p: GrKan
     let mut db = b.upload(&vec![f32::NAN; p.b_len()]).unwrap();
     b.grkan_backward(&p, &xd, &ad, &bd, &dyd, &mut dx, &mut da, &mut db)
         .unwrap();
-    // dx is elementwise but with more roundings than y (in the input dtype): allow 4x.
-    check(
+    assert_close(
         &format!("dx {what}"),
-        &f64s(&b.download(&dx).unwrap()),
+        &b.download(&dx).unwrap(),
         &dx_ref,
-        4.0 * tol,
+        tol,
         seed,
     );
-    // da/db sum thousands of terms computed from rounded inputs: scale the tolerance by the
-    // reduction tolerance, relative to the sums' magnitude.
-    let rtol = T::DTYPE.reduction_tolerance().max(1e-4);
     let da1 = b.download(&da).unwrap();
     let db1 = b.download(&db).unwrap();
-    check(&format!("da {what}"), &f64s(&da1), &da_ref, rtol, seed);
-    check(&format!("db {what}"), &f64s(&db1), &db_ref, rtol, seed);
+    assert_close(&format!("da {what}"), &da1, &da_ref, SUM_TOLERANCE, seed);
+    assert_close(&format!("db {what}"), &db1, &db_ref, SUM_TOLERANCE, seed);
 
     // Bitwise reproducible.
     let mut dx2 = b.alloc::<T>(p.x_len()).unwrap();
@@ -172,13 +84,9 @@ fn grkan_case<T: Element>(b: &CudaBackend, rng: &mut StdRng, seed: u64, p: GrKan
     assert_eq!(bits(&b.download(&db2).unwrap()), bits(&db1));
 }
 
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
-
 fn grkan_all<T: Element>() {
     let b = backend();
-    let (mut rng, seed) = rng();
+    let (mut rng, seed) = fresh_rng();
     // Vectorized (width multiple of 8), scalar (odd width), many rows per tile, one row, degree
     // extremes.
     let cases = [
@@ -262,43 +170,81 @@ fn bad_input_is_a_typed_error_before_launch() {
     );
 }
 
-// ---- Gumbel-Softmax ----------------------------------------------------------------------------
-
-/// f64 Gumbel noise of SPEC §4 from the raw Philox word.
-fn noise_ref(seed: u64, offset: u64, n: u64) -> f64 {
-    let x = philox::gumbel_word(seed, offset, n);
-    let u = ((x >> 9) as f64 + 0.5) * 2f64.powi(-23);
-    let e = -(-(1.0 - u)).ln_1p();
-    -e.ln()
-}
-
-/// (y_soft, argmax per row) in f64.
-fn gumbel_ref(p: &GumbelParams, logits: &[f64]) -> (Vec<f64>, Vec<usize>) {
-    let k = p.classes;
-    let mut ys = vec![0.0; logits.len()];
-    let mut arg = vec![0; p.rows];
-    for r in 0..p.rows {
-        let z: Vec<f64> = (0..k)
-            .map(|c| {
-                let n = (r * k + c) as u64;
-                (logits[r * k + c] + noise_ref(p.seed, p.offset, n)) / p.tau as f64
-            })
-            .collect();
-        let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let s: f64 = z.iter().map(|v| (v - m).exp()).sum();
-        for c in 0..k {
-            ys[r * k + c] = (z[c] - m).exp() / s;
-        }
-        arg[r] = (0..k).fold(0, |best, c| if z[c] > z[best] { c } else { best });
+/// SPEC §3 puts no bound on `Q`: a denominator in `(2^126, 2^128)`, where the fast
+/// `__fdividef` returns 0 (as the emulator does too), must still divide correctly.
+#[test]
+fn grkan_divides_correctly_for_huge_denominators() {
+    let b = backend();
+    let p = GrKanParams::new(3, 8, 1).with_degrees(0, 4);
+    // P = 2^127; Q = 1 + |x|^4 spans 2^125 .. 2^128 over these x (0x1p31.75 ≈ 3.6e9).
+    let xs: Vec<f32> = (0..p.x_len())
+        .map(|i| 2f32.powf(31.25 + 0.03 * i as f32))
+        .collect();
+    let (x, xf): (Vec<f32>, Vec<f64>) = (xs.clone(), xs.iter().map(|&v| f64::from(v)).collect());
+    let a = [2f32.powi(127)];
+    let bb = [0.0f32, 0.0, 0.0, 1.0];
+    let af = [f64::from(a[0])];
+    let bf = [0.0, 0.0, 0.0, 1.0];
+    let y_ref = grkan::grkan_forward(&p, &xf, &af, &bf);
+    assert!(
+        y_ref.iter().any(|&v| v > 0.5),
+        "the case must reach Q > 2^126"
+    );
+    let dy = vec![1.0f32; p.x_len()];
+    let dx_ref = grkan::grkan_backward(&p, &xf, &af, &bf, &vec![1.0; p.x_len()]).0;
+    let (xd, ad, bd, dyd) = (
+        b.upload(&x).unwrap(),
+        b.upload(&a).unwrap(),
+        b.upload(&bb).unwrap(),
+        b.upload(&dy).unwrap(),
+    );
+    let mut y = b.upload(&vec![f32::NAN; p.x_len()]).unwrap();
+    b.grkan_forward(&p, &xd, &ad, &bd, &mut y).unwrap();
+    let tol = DType::F32.elementwise_tolerance();
+    assert_close("y, huge Q", &b.download(&y).unwrap(), &y_ref, tol, 0);
+    let mut dx = b.upload(&vec![f32::NAN; p.x_len()]).unwrap();
+    let mut da = b.upload(&[f32::NAN; 1]).unwrap();
+    let mut db = b.upload(&[f32::NAN; 4]).unwrap();
+    b.grkan_backward(&p, &xd, &ad, &bd, &dyd, &mut dx, &mut da, &mut db)
+        .unwrap();
+    let (_, da_ref, db_ref) = grkan::grkan_backward(&p, &xf, &af, &bf, &vec![1.0; p.x_len()]);
+    assert_close(
+        "da, huge Q",
+        &b.download(&da).unwrap(),
+        &da_ref,
+        SUM_TOLERANCE,
+        0,
+    );
+    // db_4 = -Σ P |x|^4 / Q² ≈ -Σ y: of order 10.
+    assert_close(
+        "db, huge Q",
+        &b.download(&db).unwrap(),
+        &db_ref,
+        SUM_TOLERANCE,
+        0,
+    );
+    // dx = -P Q'/Q² ≈ -4 y / x is tiny: compare relative to its own magnitude.
+    let got: Vec<f64> = b
+        .download(&dx)
+        .unwrap()
+        .iter()
+        .map(|&v| f64::from(v))
+        .collect();
+    for (i, (g, w)) in got.iter().zip(&dx_ref).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-5 * w.abs(),
+            "dx, huge Q: element {i} is {g}, oracle {w}"
+        );
     }
-    (ys, arg)
 }
+
+// ---- Gumbel-Softmax ----------------------------------------------------------------------------
 
 fn gumbel_case<T: Element>(b: &CudaBackend, rng: &mut StdRng, seed: u64, rows: usize, k: usize) {
     let p = GumbelParams::new(rows, k, 0.5 + rng.r#gen::<f32>())
         .with_seed(rng.r#gen(), rng.gen_range(0..1u64 << 40));
-    let (logits, lf) = random::<T>(rng, p.len(), 3.0);
-    let (ys_ref, arg) = gumbel_ref(&p, &lf);
+    let (logits, lf) = random_input::<T>(rng, p.len(), 2.0);
+    let (_, soft_ref) = gumbel::gumbel_forward(&p, &lf);
     let what = format!("{} rows {rows} K {k}", T::DTYPE);
     let tol = T::DTYPE.elementwise_tolerance();
     let ld = b.upload(&logits).unwrap();
@@ -308,29 +254,32 @@ fn gumbel_case<T: Element>(b: &CudaBackend, rng: &mut StdRng, seed: u64, rows: u
     let mut ys = b.upload(&vec![f32::NAN; p.len()]).unwrap();
     b.gumbel_softmax_forward(&p, &ld, &mut y, Some(&mut ys))
         .unwrap();
-    check(
+    assert_close(
         &format!("y soft {what}"),
-        &f64s(&b.download(&y).unwrap()),
-        &ys_ref,
+        &b.download(&y).unwrap(),
+        &soft_ref,
         tol,
         seed,
     );
     let ys_host = b.download(&ys).unwrap();
-    check(
+    let f32_tol = DType::F32.elementwise_tolerance();
+    assert_close(
         &format!("y_soft {what}"),
-        &f64s(&ys_host),
-        &ys_ref,
-        2e-5,
+        &ys_host,
+        &soft_ref,
+        f32_tol,
         seed,
     );
 
-    // Hard: one-hot of the argmax (the reference's argmax, unless a near-tie).
+    // Hard: a one-hot whose class is the oracle's argmax, or one whose soft value is the maximum
+    // to within f32 rounding (a near-tie the f32 noise may order either way).
     let ph = p.with_hard(true);
     let mut yh = b.upload(&vec![T::from_f32(f32::NAN); p.len()]).unwrap();
     b.gumbel_softmax_forward(&ph, &ld, &mut yh, None).unwrap();
-    let yh = f64s(&b.download(&yh).unwrap());
+    let yh = b.download(&yh).unwrap();
     for r in 0..rows {
-        let row = &yh[r * k..(r + 1) * k];
+        let row: Vec<f32> = yh[r * k..(r + 1) * k].iter().map(|v| v.to_f32()).collect();
+        let soft = &soft_ref[r * k..(r + 1) * k];
         let ones: Vec<usize> = (0..k).filter(|&c| row[c] == 1.0).collect();
         assert_eq!(
             ones.len(),
@@ -338,29 +287,28 @@ fn gumbel_case<T: Element>(b: &CudaBackend, rng: &mut StdRng, seed: u64, rows: u
             "hard {what}: row {r} has ones at {ones:?}; FLASHNECK_SEED={seed}"
         );
         assert!(row.iter().all(|&v| v == 0.0 || v == 1.0));
-        let (got, want) = (ones[0], arg[r]);
+        let best = (0..k).fold(0, |m, c| if soft[c] > soft[m] { c } else { m });
+        let got = ones[0];
+        let window = 4.0 * f64::from(f32::EPSILON) * soft[best];
         assert!(
-            got == want || (ys_ref[r * k + got] - ys_ref[r * k + want]).abs() < 1e-5,
-            "hard {what}: row {r} argmax {got}, reference {want}; FLASHNECK_SEED={seed}"
+            (soft[got] - soft[best]).abs() <= window,
+            "hard {what}: row {r} argmax {got} (soft {}), oracle {best} (soft {}); \
+             FLASHNECK_SEED={seed}",
+            soft[got],
+            soft[best]
         );
     }
 
-    // Backward from the f32 y_soft.
-    let (dy, dyf) = random::<T>(rng, p.len(), 1.0);
-    let ysf: Vec<f64> = ys_host.iter().map(|&v| v as f64).collect();
-    let mut want = vec![0.0; p.len()];
-    for r in 0..rows {
-        let dot: f64 = (r * k..(r + 1) * k).map(|i| ysf[i] * dyf[i]).sum();
-        for i in r * k..(r + 1) * k {
-            want[i] = ysf[i] * (dyf[i] - dot) / p.tau as f64;
-        }
-    }
+    // Backward from the f32 y_soft the forward saved.
+    let (dy, dyf) = random_input::<T>(rng, p.len(), 1.0);
+    let ysf: Vec<f64> = ys_host.iter().map(|&v| f64::from(v)).collect();
+    let want = gumbel::gumbel_backward(&p, &ysf, &dyf);
     let dyd = b.upload(&dy).unwrap();
     let mut dl = b.upload(&vec![T::from_f32(f32::NAN); p.len()]).unwrap();
     b.gumbel_softmax_backward(&p, &ys, &dyd, &mut dl).unwrap();
-    check(
+    assert_close(
         &format!("dlogits {what}"),
-        &f64s(&b.download(&dl).unwrap()),
+        &b.download(&dl).unwrap(),
         &want,
         tol,
         seed,
@@ -369,7 +317,7 @@ fn gumbel_case<T: Element>(b: &CudaBackend, rng: &mut StdRng, seed: u64, rows: u
 
 fn gumbel_all<T: Element>() {
     let b = backend();
-    let (mut rng, seed) = rng();
+    let (mut rng, seed) = fresh_rng();
     // Warp per row (K <= 1020), block per row resident (K <= 4093) and chunked; ragged K so
     // rows start mid-quad.
     for (rows, k) in [(9, 1), (7, 37), (5, 1017), (3, 1203), (2, 4093), (2, 5001)] {
@@ -391,7 +339,7 @@ fn gumbel_matches_reference_bf16() {
 }
 
 #[test]
-fn gumbel_noise_matches_core_philox() {
+fn gumbel_noise_matches_the_oracle() {
     let b = backend();
     for (seed, offset, n) in [
         (0u64, 0u64, 1usize),
@@ -400,12 +348,19 @@ fn gumbel_noise_matches_core_philox() {
     ] {
         let mut out = b.upload(&vec![f32::NAN; n]).unwrap();
         b.gumbel_noise(seed, offset, &mut out).unwrap();
-        let got = b.download(&out).unwrap();
-        for (i, g) in got.iter().enumerate() {
-            let want = philox::gumbel_noise_at(seed, offset, i as u64);
+        let got: Vec<f64> = b
+            .download(&out)
+            .unwrap()
+            .iter()
+            .map(|&v| f64::from(v))
+            .collect();
+        let want = gumbel::gumbel_noise_f64(seed, offset, n);
+        // Per element, so that small noise values are held to the tolerance too.
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let err = relative_error(&[*g], &[*w]).unwrap();
             assert!(
-                (*g as f64 - want as f64).abs() <= 2e-5 * want.abs().max(1.0) as f64,
-                "noise {i}: {g} vs {want}"
+                err <= 2e-5,
+                "noise {i} (seed {seed}, offset {offset}): {g} vs {w}"
             );
         }
     }

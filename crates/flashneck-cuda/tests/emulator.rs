@@ -51,11 +51,15 @@ fn block_sums(x: &[f32], block: u32) -> Result<Vec<f32>, String> {
     let blocks = x.len().div_ceil(block as usize);
     let mut out = vec![f32::NAN; blocks];
     let (mut xp, mut op, mut n) = (x.as_ptr(), out.as_mut_ptr(), x.len() as i32);
-    emu::launch(
-        "emu_selftest_block_sum",
-        &cfg([blocks as u32, 1, 1], [block, 1, 1], 0),
-        &mut args!(xp, op, n),
-    )?;
+    // SAFETY: each argument points at a local of the kernel's parameter type, and the buffers
+    // they point at outlive the call and cover every element this launch reads or writes.
+    unsafe {
+        emu::launch(
+            "emu_selftest_block_sum",
+            &cfg([blocks as u32, 1, 1], [block, 1, 1], 0),
+            &mut args!(xp, op, n),
+        )
+    }?;
     Ok(out)
 }
 
@@ -82,7 +86,9 @@ fn thread_and_block_indices_in_3d() {
     let threads = (block.iter().product::<u32>() * grid.iter().product::<u32>()) as usize;
     let mut out = vec![u32::MAX; 8 * threads];
     let mut op = out.as_mut_ptr();
-    emu::launch("emu_selftest_indices", &cfg(grid, block, 0), &mut args!(op)).unwrap();
+    // SAFETY: each argument points at a local of the kernel's parameter type, and the buffers
+    // they point at outlive the call and cover every element this launch reads or writes.
+    unsafe { emu::launch("emu_selftest_indices", &cfg(grid, block, 0), &mut args!(op)) }.unwrap();
     let mut i = 0;
     for bz in 0..grid[2] {
         for by in 0..grid[1] {
@@ -115,7 +121,9 @@ fn dynamic_shared_memory_is_per_block() {
         [block as u32, 1, 1],
         (block * 4) as u32,
     );
-    emu::launch("emu_selftest_reverse", &c, &mut args!(xp, op)).unwrap();
+    // SAFETY: each argument points at a local of the kernel's parameter type, and the buffers
+    // they point at outlive the call and cover every element this launch reads or writes.
+    unsafe { emu::launch("emu_selftest_reverse", &c, &mut args!(xp, op)) }.unwrap();
     for (b, (got, src)) in out.chunks(block).zip(x.chunks(block)).enumerate() {
         let want: Vec<f32> = src.iter().rev().copied().collect();
         assert_eq!(got, &want[..], "seed {seed}: block {b}");
@@ -165,7 +173,9 @@ fn shuffles_and_votes_follow_cuda_semantics() {
         let (mut xp, mut op, mut d, mut w) =
             (x.as_ptr(), out.as_mut_ptr(), delta as i32, width as i32);
         let c = cfg([blocks as u32, 1, 1], [block as u32, 1, 1], 0);
-        emu::launch("emu_selftest_warp", &c, &mut args!(xp, op, d, w)).unwrap();
+        // SAFETY: each argument points at a local of the kernel's parameter type, and the buffers
+        // they point at outlive the call and cover every element this launch reads or writes.
+        unsafe { emu::launch("emu_selftest_warp", &c, &mut args!(xp, op, d, w)) }.unwrap();
         for (wi, warp) in x.chunks(32).enumerate() {
             let ballot = warp
                 .iter()
@@ -198,11 +208,15 @@ fn threads_exiting_before_a_barrier_are_reported() {
     let err = within(60, || {
         let mut out = vec![0.0f32; 64];
         let (mut op, mut keep) = (out.as_mut_ptr(), 40i32);
-        emu::launch(
-            "emu_selftest_exit_before_barrier",
-            &cfg([2, 1, 1], [64, 1, 1], 0),
-            &mut args!(op, keep),
-        )
+        // SAFETY: each argument points at a local of the kernel's parameter type, and the buffers
+        // they point at outlive the call and cover every element this launch reads or writes.
+        unsafe {
+            emu::launch(
+                "emu_selftest_exit_before_barrier",
+                &cfg([2, 1, 1], [64, 1, 1], 0),
+                &mut args!(op, keep),
+            )
+        }
     })
     .expect_err("barrier divergence must be an error");
     assert!(err.contains("barrier divergence in block ("), "{err}");
@@ -222,11 +236,15 @@ fn threads_at_different_barriers_are_reported() {
     let err = within(60, || {
         let mut out = vec![0.0f32; 64];
         let (mut op, mut split) = (out.as_mut_ptr(), 32i32);
-        emu::launch(
-            "emu_selftest_two_barriers",
-            &cfg([1, 1, 1], [64, 1, 1], 0),
-            &mut args!(op, split),
-        )
+        // SAFETY: each argument points at a local of the kernel's parameter type, and the buffers
+        // they point at outlive the call and cover every element this launch reads or writes.
+        unsafe {
+            emu::launch(
+                "emu_selftest_two_barriers",
+                &cfg([1, 1, 1], [64, 1, 1], 0),
+                &mut args!(op, split),
+            )
+        }
     })
     .expect_err("barrier divergence must be an error");
     assert!(err.contains("barrier divergence in block (0,0,0)"), "{err}");
@@ -244,11 +262,15 @@ fn a_shuffle_with_an_exited_lane_is_reported() {
     let err = within(60, || {
         let mut out = vec![0.0f32; 32];
         let (mut op, mut gone) = (out.as_mut_ptr(), 5i32);
-        emu::launch(
-            "emu_selftest_shuffle_after_exit",
-            &cfg([1, 1, 1], [32, 1, 1], 0),
-            &mut args!(op, gone),
-        )
+        // SAFETY: each argument points at a local of the kernel's parameter type, and the buffers
+        // they point at outlive the call and cover every element this launch reads or writes.
+        unsafe {
+            emu::launch(
+                "emu_selftest_shuffle_after_exit",
+                &cfg([1, 1, 1], [32, 1, 1], 0),
+                &mut args!(op, gone),
+            )
+        }
     })
     .expect_err("an incomplete shuffle must be an error");
     assert!(
@@ -366,7 +388,9 @@ fn check_mma_fragments<H: Half>() {
         H::BF16,
     );
     let c = cfg([blocks as u32, 1, 1], [32, 1, 1], 0);
-    emu::launch("emu_selftest_mma", &c, &mut args!(ap, bp, cp, dp, kind)).unwrap();
+    // SAFETY: each argument points at a local of the kernel's parameter type, and the buffers
+    // they point at outlive the call and cover every element this launch reads or writes.
+    unsafe { emu::launch("emu_selftest_mma", &c, &mut args!(ap, bp, cp, dp, kind)) }.unwrap();
     for (blk, (a, b, c)) in mats.iter().enumerate() {
         let a: Vec<f64> = a.iter().map(|v| v.value()).collect();
         let b: Vec<f64> = b.iter().map(|v| v.value()).collect();
@@ -409,11 +433,15 @@ fn check_ldmatrix(trans: bool) {
     let m: Vec<u16> = (0..256).map(|_| rng.r#gen()).collect(); // 4 matrices of 8x8, row-major
     let mut out = vec![0u32; 128];
     let (mut mp, mut op, mut tr) = (m.as_ptr(), out.as_mut_ptr(), i32::from(trans));
-    emu::launch(
-        "emu_selftest_ldmatrix",
-        &cfg([1, 1, 1], [32, 1, 1], 0),
-        &mut args!(mp, op, tr),
-    )
+    // SAFETY: each argument points at a local of the kernel's parameter type, and the buffers
+    // they point at outlive the call and cover every element this launch reads or writes.
+    unsafe {
+        emu::launch(
+            "emu_selftest_ldmatrix",
+            &cfg([1, 1, 1], [32, 1, 1], 0),
+            &mut args!(mp, op, tr),
+        )
+    }
     .unwrap();
     let at = |i: usize, r: usize, c: usize| u32::from(m[i * 64 + r * 8 + c]);
     for lane in 0..32 {
@@ -458,11 +486,15 @@ fn check_mma_tile<H: Half>() {
     let mut d = vec![f32::NAN; 128];
     let (mut ap, mut bp, mut dp, mut kind) =
         (abits.as_ptr(), bbits.as_ptr(), d.as_mut_ptr(), H::BF16);
-    emu::launch(
-        "emu_selftest_mma_tile",
-        &cfg([1, 1, 1], [32, 1, 1], 0),
-        &mut args!(ap, bp, dp, kind),
-    )
+    // SAFETY: each argument points at a local of the kernel's parameter type, and the buffers
+    // they point at outlive the call and cover every element this launch reads or writes.
+    unsafe {
+        emu::launch(
+            "emu_selftest_mma_tile",
+            &cfg([1, 1, 1], [32, 1, 1], 0),
+            &mut args!(ap, bp, dp, kind),
+        )
+    }
     .unwrap();
     let a: Vec<f64> = a.iter().map(|v| v.value()).collect();
     let b: Vec<f64> = b.iter().map(|v| v.value()).collect();
@@ -538,11 +570,15 @@ fn conversions_round_to_nearest_even() {
         h_in.len() as i32,
     );
     let c = cfg([(n as u32).div_ceil(256), 1, 1], [256, 1, 1], 0);
-    emu::launch(
-        "emu_selftest_convert",
-        &c,
-        &mut args!(xp, hip, hp, bp, backp, count),
-    )
+    // SAFETY: each argument points at a local of the kernel's parameter type, and the buffers
+    // they point at outlive the call and cover every element this launch reads or writes.
+    unsafe {
+        emu::launch(
+            "emu_selftest_convert",
+            &c,
+            &mut args!(xp, hip, hp, bp, backp, count),
+        )
+    }
     .unwrap();
     for (i, &v) in x[..h_in.len()].iter().enumerate() {
         let (wh, wb) = (f16::from_f32(v), bf16::from_f32(v));
@@ -604,11 +640,15 @@ fn parallel_blocks_match_one_thread() {
     let mut bad = vec![0u32; 64];
     let mut bp = bad.as_mut_ptr();
     emu::set_worker_threads(Some(4));
-    let result = emu::launch(
-        "emu_selftest_shared_owner",
-        &cfg([64, 1, 1], [256, 1, 1], 0),
-        &mut args!(bp),
-    );
+    // SAFETY: each argument points at a local of the kernel's parameter type, and the buffers
+    // they point at outlive the call and cover every element this launch reads or writes.
+    let result = unsafe {
+        emu::launch(
+            "emu_selftest_shared_owner",
+            &cfg([64, 1, 1], [256, 1, 1], 0),
+            &mut args!(bp),
+        )
+    };
     emu::set_worker_threads(None);
     result.unwrap();
     assert!(
@@ -621,39 +661,54 @@ fn parallel_blocks_match_one_thread() {
 fn bad_launches_are_errors() {
     let mut out = vec![0.0f32; 4];
     let mut op = out.as_mut_ptr();
-    let err = emu::launch(
-        "no_such_kernel",
-        &cfg([1, 1, 1], [1, 1, 1], 0),
-        &mut args!(op),
-    )
+    // SAFETY: refused before anything runs (no such kernel); `op` points at a live buffer.
+    let err = unsafe {
+        emu::launch(
+            "no_such_kernel",
+            &cfg([1, 1, 1], [1, 1, 1], 0),
+            &mut args!(op),
+        )
+    }
     .unwrap_err();
     assert!(err.contains("does not exist"), "{err}");
-    let err = emu::launch(
-        "emu_selftest_reverse",
-        &cfg([1, 1, 1], [4, 1, 1], 16),
-        &mut args!(op),
-    )
+    // SAFETY: refused before anything runs (wrong argument count); `op` points at a live buffer.
+    let err = unsafe {
+        emu::launch(
+            "emu_selftest_reverse",
+            &cfg([1, 1, 1], [4, 1, 1], 16),
+            &mut args!(op),
+        )
+    }
     .unwrap_err();
     assert!(err.contains("takes 2 arguments, 1 given"), "{err}");
-    let err = emu::launch(
-        "emu_selftest_write_all",
-        &cfg([1, 1, 1], [2048, 1, 1], 0),
-        &mut args!(op),
-    )
+    // SAFETY: refused before anything runs (invalid configuration); `op` points at a live buffer.
+    let err = unsafe {
+        emu::launch(
+            "emu_selftest_write_all",
+            &cfg([1, 1, 1], [2048, 1, 1], 0),
+            &mut args!(op),
+        )
+    }
     .unwrap_err();
     assert!(err.contains("invalid launch configuration"), "{err}");
-    let err = emu::launch(
-        "emu_selftest_write_all",
-        &cfg([0, 1, 1], [4, 1, 1], 0),
-        &mut args!(op),
-    )
+    // SAFETY: refused before anything runs (invalid configuration); `op` points at a live buffer.
+    let err = unsafe {
+        emu::launch(
+            "emu_selftest_write_all",
+            &cfg([0, 1, 1], [4, 1, 1], 0),
+            &mut args!(op),
+        )
+    }
     .unwrap_err();
     assert!(err.contains("invalid launch configuration"), "{err}");
-    let err = emu::launch(
-        "emu_selftest_write_all",
-        &cfg([1, 1, 1], [4, 1, 1], 228 * 1024),
-        &mut args!(op),
-    )
+    // SAFETY: refused before anything runs (invalid configuration); `op` points at a live buffer.
+    let err = unsafe {
+        emu::launch(
+            "emu_selftest_write_all",
+            &cfg([1, 1, 1], [4, 1, 1], 228 * 1024),
+            &mut args!(op),
+        )
+    }
     .unwrap_err();
     assert!(err.contains("invalid launch configuration"), "{err}");
     assert!(out.iter().all(|&v| v == 0.0), "nothing ran");
@@ -823,11 +878,15 @@ fn asan_child_overflow() {
     }
     let mut small = vec![0.0f32; 100];
     let mut p = small.as_mut_ptr();
-    let result = emu::launch(
-        "emu_selftest_write_all",
-        &cfg([1, 1, 1], [128, 1, 1], 0),
-        &mut args!(p),
-    );
+    // SAFETY: deliberately not: this child process exists to let ASan catch the overflow of
+    // `small` (the launch writes 128 floats); it runs only under the ASan build.
+    let result = unsafe {
+        emu::launch(
+            "emu_selftest_write_all",
+            &cfg([1, 1, 1], [128, 1, 1], 0),
+            &mut args!(p),
+        )
+    };
     println!("launch returned {result:?}; {} elements", small.len());
 }
 
@@ -845,21 +904,29 @@ fn cp_async_copies_and_faults_when_misaligned() {
     let src: Vec<f32> = chunks.iter().flat_map(|c| c.0).collect();
     let mut dst = vec![f32::NAN; 256];
     let (mut sp, mut dp, mut offset) = (chunks.as_ptr().cast::<f32>(), dst.as_mut_ptr(), 4i32);
-    emu::launch(
-        "emu_selftest_cp_async",
-        &cfg([1, 1, 1], [64, 1, 1], 0),
-        &mut args!(sp, dp, offset),
-    )
-    .unwrap();
-    assert_eq!(dst, src[4..260], "seed {seed}");
-    let err = within(60, move || {
-        let mut dst = vec![f32::NAN; 256];
-        let (mut sp, mut dp, mut offset) = (chunks.as_ptr().cast::<f32>(), dst.as_mut_ptr(), 1i32);
+    // SAFETY: each argument points at a local of the kernel's parameter type, and the buffers
+    // they point at outlive the call and cover every element this launch reads or writes.
+    unsafe {
         emu::launch(
             "emu_selftest_cp_async",
             &cfg([1, 1, 1], [64, 1, 1], 0),
             &mut args!(sp, dp, offset),
         )
+    }
+    .unwrap();
+    assert_eq!(dst, src[4..260], "seed {seed}");
+    let err = within(60, move || {
+        let mut dst = vec![f32::NAN; 256];
+        let (mut sp, mut dp, mut offset) = (chunks.as_ptr().cast::<f32>(), dst.as_mut_ptr(), 1i32);
+        // SAFETY: each argument points at a local of the kernel's parameter type, and the buffers
+        // they point at outlive the call and cover every element this launch reads or writes.
+        unsafe {
+            emu::launch(
+                "emu_selftest_cp_async",
+                &cfg([1, 1, 1], [64, 1, 1], 0),
+                &mut args!(sp, dp, offset),
+            )
+        }
     })
     .expect_err("a misaligned cp.async must be an error");
     assert!(err.contains("emulator fault in block (0,0,0)"), "{err}");
@@ -874,11 +941,15 @@ fn reverse_schedule_exposes_a_missing_barrier() {
         let mut out = vec![f32::NAN; 256];
         let (mut xp, mut op) = (x.as_ptr(), out.as_mut_ptr());
         emu::set_schedule(Some(schedule));
-        let result = emu::launch(
-            "emu_selftest_missing_barrier",
-            &cfg([1, 1, 1], [256, 1, 1], 0),
-            &mut args!(xp, op),
-        );
+        // SAFETY: each argument points at a local of the kernel's parameter type, and the buffers
+        // they point at outlive the call and cover every element this launch reads or writes.
+        let result = unsafe {
+            emu::launch(
+                "emu_selftest_missing_barrier",
+                &cfg([1, 1, 1], [256, 1, 1], 0),
+                &mut args!(xp, op),
+            )
+        };
         emu::set_schedule(None);
         result.unwrap();
         out
@@ -904,11 +975,15 @@ fn full_mask_shuffles_in_a_partial_warp() {
     // 40 threads: the second warp has lanes 0..7 only; a full mask names just those.
     let mut out = vec![f32::NAN; 40];
     let (mut op, mut gone) = (out.as_mut_ptr(), -1i32);
-    emu::launch(
-        "emu_selftest_shuffle_after_exit",
-        &cfg([1, 1, 1], [40, 1, 1], 0),
-        &mut args!(op, gone),
-    )
+    // SAFETY: each argument points at a local of the kernel's parameter type, and the buffers
+    // they point at outlive the call and cover every element this launch reads or writes.
+    unsafe {
+        emu::launch(
+            "emu_selftest_shuffle_after_exit",
+            &cfg([1, 1, 1], [40, 1, 1], 0),
+            &mut args!(op, gone),
+        )
+    }
     .unwrap();
     let want: Vec<f32> = (0..40u32).map(|t| (t ^ 1) as f32).collect();
     assert_eq!(out, want);

@@ -57,7 +57,13 @@ inline int4 make_int4(int x, int y, int z, int w) { return int4{x, y, z, w}; }
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline float __expf(float x) { return expf(x); }
 inline float __logf(float x) { return logf(x); }
-inline float __fdividef(float a, float b) { return a / b; }
+// As the hardware (CUDA math API): for 2^126 < |b| < 2^128 (every finite |b| above 2^126) the
+// result is 0 (NaN for infinite a), so that the emulator shows a kernel relying on __fdividef
+// beyond its range.
+inline float __fdividef(float a, float b) {
+    const float ab = fabsf(b);
+    return ab > 0x1p126f && !isinf(ab) ? a * 0.0f : a / b;
+}
 inline float __saturatef(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
 inline float __int_as_float(int x) { float f; memcpy(&f, &x, 4); return f; }
 inline int __float_as_int(float f) { int x; memcpy(&x, &f, 4); return x; }
