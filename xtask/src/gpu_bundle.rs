@@ -1,6 +1,149 @@
-//! SKELETON.
+//! `cargo xtask gpu-bundle`: the self-contained folder for the GPU check.
+//!
+//! Builds here (release, stripped) the CUDA conformance test executable and `flashneck-bench`,
+//! and writes them with `gpu/run.sh` into `./gpu-bundle/` (git-ignored). On the GPU machine (no
+//! Rust; a CUDA 13 driver, compute-sanitizer, python3 with torch) `gpu-bundle/run.sh` runs the
+//! conformance with skipping refused, memcheck and racecheck over a small subset, and the
+//! benches, writing JSON under `$OUT` and printing a short table last (see docs/cuda.md).
 
-/// Entry point of this xtask subcommand.
-pub fn run(_args: &[String]) -> Result<(), String> {
-    Err("not written yet".into())
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BUNDLE: &str = "gpu-bundle";
+
+pub fn run(args: &[String]) -> Result<(), String> {
+    if !args.is_empty() {
+        return Err(format!("gpu-bundle takes no arguments, got {args:?}"));
+    }
+    let root = crate::workspace_root();
+    let out = root.join(BUNDLE);
+    if out.exists() {
+        std::fs::remove_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    }
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+
+    let conformance = build_executable(
+        &root,
+        &[
+            "test",
+            "--release",
+            "-p",
+            "flashneck-cuda",
+            "--test",
+            "conformance_cuda",
+            "--no-run",
+        ],
+        "conformance_cuda",
+    )?;
+    install(&conformance, &out.join("conformance_cuda"))?;
+
+    // The benches are another helper's crate, with the CUDA backend behind its `cuda` feature: a
+    // missing binary or feature fails this part only, clearly.
+    let manifest = std::fs::read_to_string(root.join("benches/Cargo.toml")).unwrap_or_default();
+    let bench = if manifest
+        .lines()
+        .any(|l| l.trim_start().starts_with("cuda ="))
+    {
+        build_executable(
+            &root,
+            &[
+                "build",
+                "--release",
+                "-p",
+                "flashneck-benches",
+                "--features",
+                "cuda",
+                "--bin",
+                "flashneck-bench",
+            ],
+            "flashneck-bench",
+        )
+    } else {
+        Err(
+            "flashneck-benches has no `cuda` feature yet, so flashneck-bench cannot run the \
+             CUDA backend"
+                .to_string(),
+        )
+    };
+    let bench_note = match &bench {
+        Ok(path) => install(path, &out.join("flashneck-bench")).err(),
+        Err(e) => Some(e.clone()),
+    };
+
+    for entry in std::fs::read_dir(root.join("gpu")).map_err(|e| format!("gpu/: {e}"))? {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        let keep = path.extension().is_some_and(|x| x == "sh" || x == "py");
+        if keep {
+            let dst = out.join(path.file_name().unwrap_or_default());
+            std::fs::copy(&path, &dst).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    println!("gpu bundle written to {}", out.display());
+    match bench_note {
+        None => Ok(()),
+        Some(e) => Err(format!(
+            "the bundle has no flashneck-bench (run.sh will skip the benches): {e}"
+        )),
+    }
+}
+
+/// Run cargo with `args` and JSON messages; the executable of the artifact named `target`.
+fn build_executable(root: &Path, args: &[&str], target: &str) -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .args(args)
+        .arg("--message-format=json-render-diagnostics")
+        .current_dir(root)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("`cargo {}` failed", args.join(" ")));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .filter(|l| l.contains("\"reason\":\"compiler-artifact\""))
+        .filter(|l| l.contains(&format!("\"name\":\"{target}\"")))
+        .find_map(|l| json_string(l, "executable"))
+        .map(PathBuf::from)
+        .ok_or_else(|| {
+            format!(
+                "`cargo {}` produced no executable `{target}`",
+                args.join(" ")
+            )
+        })
+}
+
+/// The string value of `"key":"..."` in one line of cargo's JSON (paths hold no escapes here).
+fn json_string(line: &str, key: &str) -> Option<String> {
+    let rest = line.split(&format!("\"{key}\":\"")).nth(1)?;
+    Some(rest.split('"').next()?.replace("\\\\", "\\"))
+}
+
+/// Copy an executable into the bundle and strip it.
+fn install(src: &Path, dst: &Path) -> Result<(), String> {
+    std::fs::copy(src, dst).map_err(|e| format!("{}: {e}", src.display()))?;
+    match Command::new("strip").arg(dst).status() {
+        Ok(s) if s.success() => Ok(()),
+        _ => {
+            eprintln!("warning: could not strip {}", dst.display());
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_executable_in_cargo_json() {
+        let line = r#"{"reason":"compiler-artifact","target":{"kind":["test"],"name":"conformance_cuda"},"executable":"/t/release/deps/conformance_cuda-abc","fresh":true}"#;
+        assert_eq!(
+            json_string(line, "executable").as_deref(),
+            Some("/t/release/deps/conformance_cuda-abc")
+        );
+        assert_eq!(json_string(line, "missing"), None);
+    }
 }

@@ -1,0 +1,276 @@
+//! The bench loop, generic over the backend: for each case, warm up, then time our call and the
+//! peer's in alternating rounds, and turn the medians into rates, fractions of the device's
+//! limits and a speedup over the peer.
+
+use crate::calls;
+use crate::cases::{self, Case, Problem, Profile};
+use crate::peer::{self, Peer};
+use crate::progress::Progress;
+use crate::results::{BackendResults, CaseResult, PeerResult, Status};
+use crate::stats::Summary;
+use crate::target::BenchTarget;
+use flashneck_core::{DType, Error, OpKind};
+
+/// Rounds of alternation between our runs and the peer's.
+const ROUNDS: usize = 5;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Selection {
+    pub profile: Profile,
+    /// Only these ops (all when empty).
+    pub ops: Vec<OpKind>,
+    /// Only these element types (when empty: f32 on the CPU, all three on GPUs and in `full`).
+    pub dtypes: Vec<DType>,
+}
+
+/// The cases one backend runs under `sel`. `gpu` picks the GPU sizes; `software` (a GPU API
+/// emulated on the CPU, such as lavapipe) runs the smoke sizes under `--quick`, which keeps the
+/// default run within minutes: its speed says nothing about GPUs anyway.
+pub fn cases_for(sel: &Selection, gpu: bool, software: bool) -> Vec<Case> {
+    let sizes = if software && sel.profile == Profile::Quick {
+        Profile::Smoke
+    } else {
+        sel.profile
+    };
+    let ops: Vec<OpKind> = if sel.ops.is_empty() {
+        OpKind::ALL.to_vec()
+    } else {
+        sel.ops.clone()
+    };
+    let dtypes: Vec<DType> = if !sel.dtypes.is_empty() {
+        sel.dtypes.clone()
+    } else if gpu || sel.profile == Profile::Full {
+        DType::ALL.to_vec()
+    } else {
+        vec![DType::F32]
+    };
+    let mut v = Vec::new();
+    for &op in &ops {
+        // The raw noise is f32 whatever the dtype: bench it once.
+        let op_dtypes = if op == OpKind::GumbelNoise {
+            &[DType::F32][..]
+        } else {
+            &dtypes[..]
+        };
+        for &dt in op_dtypes {
+            for p in cases::problems(op, sizes, gpu) {
+                v.push(Case::new(op, dt, p));
+            }
+        }
+    }
+    v
+}
+
+/// How many timed runs fit the profile's time budget, given one run's time.
+fn runs_for(profile: Profile, one_run_s: f64) -> usize {
+    let budget = profile.seconds_per_case();
+    let n = if one_run_s > 0.0 {
+        (budget / one_run_s).ceil() as usize
+    } else {
+        profile.max_runs()
+    };
+    n.clamp(profile.min_runs(), profile.max_runs())
+}
+
+/// Why a case does not run on `b`, when the backend says so up front.
+fn unsupported_reason<B: BenchTarget>(
+    b: &B,
+    op: OpKind,
+    dtype: DType,
+    p: &Problem,
+) -> Option<String> {
+    let info = b.info();
+    if !info.supports(op, dtype) {
+        return Some(format!(
+            "{} has no {} kernel for {dtype}",
+            info.name,
+            op.name()
+        ));
+    }
+    if let Some(ap) = p.attention_params() {
+        let s = ap.shape;
+        if !info.head_dims.contains(s.head_dim, s.head_dim_v) {
+            return Some(format!(
+                "{} does not take head dim {}",
+                info.name, s.head_dim
+            ));
+        }
+    }
+    None
+}
+
+/// Run every case of `cases` on `b` and collect the results. `peer` is used when present.
+pub fn run_backend<B: BenchTarget>(
+    b: &B,
+    sel: &Selection,
+    cases: &[Case],
+    threads: usize,
+    mut peer: Option<&mut Peer>,
+    progress: &mut Progress,
+) -> BackendResults {
+    let info = b.info();
+    // Limits before and after the cases, the best of each kept: a ceiling measured while
+    // something else loads the machine would flatter every op.
+    progress.note(&format!("{}: measuring the device's limits", info.name));
+    let before = b.measure_limits();
+    let mut out = Vec::with_capacity(cases.len());
+    for case in cases {
+        progress.start(&info.name, &case.id());
+        let r = run_case(b, sel.profile, case, threads, peer.as_deref_mut());
+        progress.done(&r);
+        out.push(r);
+    }
+    progress.note(&format!(
+        "{}: measuring the device's limits again",
+        info.name
+    ));
+    let limits = before.best(&b.measure_limits());
+    for r in &mut out {
+        r.apply_limits(&limits);
+    }
+    BackendResults {
+        name: info.name,
+        device: info.device,
+        limits,
+        cases: out,
+    }
+}
+
+/// Run one case: ours (and the peer's, interleaved). Rates are filled in later, by
+/// [`CaseResult::apply_limits`].
+pub fn run_case<B: BenchTarget>(
+    b: &B,
+    profile: Profile,
+    case: &Case,
+    threads: usize,
+    peer: Option<&mut Peer>,
+) -> CaseResult {
+    let (Some(op), Some(dtype)) = (case.op_kind(), case.dtype()) else {
+        let msg = format!("unknown op or dtype: {} {}", case.op, case.dtype);
+        return CaseResult::skipped(case.clone(), Default::default(), Status::Failed, msg);
+    };
+    let work = cases::work(op, dtype, &case.problem);
+    let skipped = |e: Error| {
+        let status = match e {
+            Error::Unsupported { .. } => Status::Unsupported,
+            _ => Status::Failed,
+        };
+        CaseResult::skipped(case.clone(), work, status, e.to_string())
+    };
+    if let Some(why) = unsupported_reason(b, op, dtype, &case.problem) {
+        return CaseResult::skipped(case.clone(), work, Status::Unsupported, why);
+    }
+    let (mut call, sets) = match calls::prepare(b, op, dtype, &case.problem, b.cache_bytes()) {
+        Ok(c) => c,
+        Err(e) => return skipped(e),
+    };
+    // Warm-up: one call per input set (first touch, kernel compilation, caches), or a single
+    // call when calls are so slow that more would eat the case's budget.
+    let mut warm = f64::INFINITY;
+    for i in 0..sets.max(1) {
+        match b.time(&mut call) {
+            Ok(t) => warm = warm.min(t),
+            Err(e) => return skipped(e),
+        }
+        if i == 0 && warm * sets as f64 > profile.seconds_per_case() {
+            break;
+        }
+    }
+    let ours_runs = runs_for(profile, warm);
+
+    // The peer: set up the same case, then alternate rounds with ours.
+    let id = case.id();
+    let mut peer_state = match (peer, b.peer_device()) {
+        (Some(p), Some(device)) if peer::has_peer(&case.op) => {
+            let setup = if device == "cuda" && !p.cuda {
+                Err("the peer's torch has no CUDA".to_string())
+            } else {
+                p.setup(&id, case, device, threads)
+            };
+            match setup {
+                Ok((name, warm_s)) => Some((p, name, runs_for(profile, warm_s), Vec::new(), None)),
+                Err(e) => Some((p, String::new(), 0, Vec::new(), Some(e))),
+            }
+        }
+        _ => None,
+    };
+    let mut ours = Vec::with_capacity(ours_runs);
+    let rounds = ROUNDS.min(ours_runs);
+    for round in 0..rounds {
+        let share = |total: usize| total / rounds + usize::from(round < total % rounds);
+        for _ in 0..share(ours_runs) {
+            match b.time(&mut call) {
+                Ok(t) => ours.push(t),
+                Err(e) => return skipped(e),
+            }
+        }
+        if let Some((p, _, peer_runs, times, err @ None)) = peer_state.as_mut() {
+            let n = share(*peer_runs);
+            if n > 0 {
+                match p.run(&id, n) {
+                    Ok(t) => times.extend(t),
+                    Err(e) => *err = Some(e),
+                }
+            }
+        }
+    }
+    drop(call);
+
+    let time = Summary::of(&ours);
+    let median = time.as_ref().map_or(f64::NAN, |s| s.median_s);
+    let peer = peer_state.map(|(p, name, _, times, err)| {
+        p.drop_case(&id);
+        let t = Summary::of(&times);
+        PeerResult {
+            name,
+            speedup: t.as_ref().map(|s| s.median_s / median),
+            time: t,
+            error: err,
+        }
+    });
+    CaseResult {
+        case: case.clone(),
+        status: Status::Ok,
+        message: None,
+        work,
+        input_sets: sets,
+        time,
+        gbs: None,
+        tflops: None,
+        fraction_of_copy: None,
+        fraction_of_gemm: None,
+        bound: None,
+        peer,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_counts_follow_the_budget() {
+        assert_eq!(runs_for(Profile::Quick, 10.0), Profile::Quick.min_runs());
+        assert_eq!(runs_for(Profile::Quick, 1e-9), Profile::Quick.max_runs());
+        assert_eq!(runs_for(Profile::Quick, 0.06), 10);
+    }
+
+    #[test]
+    fn cpu_cases_default_to_f32_and_gpu_cases_to_every_dtype() {
+        let sel = Selection {
+            profile: Profile::Quick,
+            ops: vec![OpKind::GrKanForward],
+            dtypes: vec![],
+        };
+        assert!(
+            cases_for(&sel, false, false)
+                .iter()
+                .all(|c| c.dtype == "f32")
+        );
+        let gpu = cases_for(&sel, true, false);
+        for dt in ["f32", "f16", "bf16"] {
+            assert!(gpu.iter().any(|c| c.dtype == dt));
+        }
+    }
+}

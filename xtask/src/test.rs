@@ -1,0 +1,64 @@
+//! `cargo xtask test`: what CI runs. Formatting, clippy with `-D warnings`, every test of the
+//! workspace (the emulated CUDA suite included), the emulated CUDA suite again under
+//! AddressSanitizer, and the NVRTC kernel check.
+
+use crate::steps::{Step, run_all};
+use std::path::Path;
+
+pub fn run(root: &Path, args: &[String]) -> i32 {
+    if let Some(a) = args.first() {
+        eprintln!("xtask test takes no arguments (got {a:?})");
+        return 2;
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut steps = vec![
+        Step::cmd(
+            "cargo fmt --check",
+            root,
+            &cargo,
+            &["fmt", "--all", "--", "--check"],
+            &[],
+        ),
+        Step::cmd(
+            "cargo clippy (-D warnings)",
+            root,
+            &cargo,
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+            &[],
+        ),
+        Step::cmd(
+            "cargo test --workspace",
+            root,
+            &cargo,
+            &["test", "--workspace"],
+            &[],
+        ),
+    ];
+    let asan = "emulated CUDA suite under AddressSanitizer";
+    if root.join("crates/flashneck-cuda/build.rs").exists() {
+        steps.push(Step::cmd(
+            asan,
+            root,
+            &cargo,
+            &["test", "-p", "flashneck-cuda"],
+            &[("FLASHNECK_EMU_ASAN", "1")],
+        ));
+    } else {
+        steps.push(Step::skip(
+            asan,
+            "crates/flashneck-cuda has no build.rs (no emulator to build yet)",
+        ));
+    }
+    steps.push(Step::task(
+        "NVRTC kernel check (cargo xtask kernels)",
+        || crate::kernels::run(&[]),
+    ));
+    run_all("xtask test", steps)
+}
