@@ -1,9 +1,41 @@
 //! Run a sequence of steps (subprocesses with inherited stdio, or in-process tasks), each under
 //! a heading with its duration, stopping at the first failure, with a summary line at the end.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Instant;
+
+/// Test counts read from the libtest summary lines (`test result: ok. N passed; M failed;
+/// K ignored; ...`) that the steps print, so the run can end with one total.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TestCounts {
+    pub passed: usize,
+    pub failed: usize,
+    pub ignored: usize,
+}
+
+impl TestCounts {
+    /// Add the counts of one `test result:` line; other lines leave the counts unchanged.
+    pub fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim_start().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<usize>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
 
 /// How a step ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,16 +112,36 @@ fn describe(c: &Command) -> String {
     parts.join(" ")
 }
 
-fn run_one(step: Step) -> Outcome {
+/// Run `c` with its stdout forwarded line by line to ours (stderr inherited), counting the
+/// libtest summary lines it prints.
+fn run_counting(
+    c: &mut Command,
+    counts: &mut TestCounts,
+) -> std::io::Result<std::process::ExitStatus> {
+    let mut child = c.stdout(Stdio::piped()).spawn()?;
+    if let Some(out) = child.stdout.take() {
+        let stdout = std::io::stdout();
+        for line in BufReader::new(out).lines() {
+            let line = line?;
+            counts.add_line(&line);
+            let mut lock = stdout.lock();
+            writeln!(lock, "{line}")?;
+            lock.flush()?;
+        }
+    }
+    child.wait()
+}
+
+fn run_one(step: Step, counts: &mut TestCounts) -> Outcome {
     match step.action {
         Action::Skip(why) => Outcome::Skipped(why),
         Action::Run(mut c) => {
             println!("$ {}", describe(&c));
-            match c.status() {
+            match run_counting(&mut c, counts) {
                 Ok(s) if s.success() => Outcome::Passed,
                 Ok(s) => Outcome::Failed(s.code().unwrap_or(1)),
                 Err(e) => {
-                    eprintln!("xtask: cannot start {:?}: {e}", c.get_program());
+                    eprintln!("xtask: cannot run {:?}: {e}", c.get_program());
                     Outcome::Failed(127)
                 }
             }
@@ -120,11 +172,12 @@ pub fn run_all(title: &str, steps: Vec<Step>) -> i32 {
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     let mut code = 0;
     let mut lines = Vec::new();
+    let mut counts = TestCounts::default();
     for (i, step) in steps.into_iter().enumerate() {
         let name = step.name.clone();
         println!("\n==> [{}/{total}] {name}", i + 1);
         let t0 = Instant::now();
-        let outcome = run_one(step);
+        let outcome = run_one(step, &mut counts);
         let took = fmt_duration(t0.elapsed().as_secs_f64());
         let line = match &outcome {
             Outcome::Passed => {
@@ -152,15 +205,20 @@ pub fn run_all(title: &str, steps: Vec<Step>) -> i32 {
     for l in &lines {
         println!("    {l}");
     }
-    let mut summary = format!("{passed} passed, {failed} failed, {skipped} skipped");
+    let mut summary = format!("steps {passed} ok, {failed} failed, {skipped} skipped");
     if not_run > 0 {
         summary.push_str(&format!(
             ", {not_run} not run (stopped at the first failure)"
         ));
     }
     println!(
-        "{title}: {summary} in {}",
+        "{title} finished in {}: {summary}",
         fmt_duration(start.elapsed().as_secs_f64())
+    );
+    // The closing line: every test the steps ran, from their libtest summaries.
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        counts.passed, counts.failed, counts.ignored
     );
     code
 }
@@ -168,6 +226,25 @@ pub fn run_all(title: &str, steps: Vec<Step>) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_libtest_summary_lines() {
+        let mut c = TestCounts::default();
+        c.add_line("test result: ok. 52 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 4.06s");
+        c.add_line(
+            "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        c.add_line("test foo ... ok");
+        c.add_line("running 3 tests");
+        assert_eq!(
+            c,
+            TestCounts {
+                passed: 55,
+                failed: 2,
+                ignored: 1
+            }
+        );
+    }
     use std::cell::Cell;
     use std::rc::Rc;
 
