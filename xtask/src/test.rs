@@ -1,6 +1,6 @@
 //! `cargo xtask test`: what CI runs. Formatting, clippy with `-D warnings`, every test of the
-//! workspace (the emulated CUDA suite included), the emulated CUDA suite again under
-//! AddressSanitizer, and the NVRTC kernel check.
+//! workspace (the emulated CUDA suite included), the CPU suite again on its other instruction
+//! sets, the emulated CUDA suite again under AddressSanitizer, and the NVRTC kernel check.
 
 use crate::steps::{Step, run_all};
 use std::path::Path;
@@ -41,6 +41,28 @@ pub fn run(root: &Path, args: &[String]) -> i32 {
             &[],
         ),
     ];
+    // The CPU backend picks its instruction set at run time (AVX-512 for attention, AVX2+FMA,
+    // or portable): the default run above takes the best one here, these take the others.
+    for (name, var) in [
+        ("CPU suite on the AVX2 path", "FLASHNECK_CPU_NO_AVX512"),
+        ("CPU suite on the portable path", "FLASHNECK_CPU_PORTABLE"),
+    ] {
+        steps.push(Step::cmd(
+            name,
+            root,
+            &cargo,
+            &[
+                "test",
+                "-p",
+                "flashneck-cpu",
+                "--test",
+                "conformance",
+                "--test",
+                "determinism",
+            ],
+            &[(var, "1")],
+        ));
+    }
     let asan = "emulated CUDA suite under AddressSanitizer";
     if root.join("crates/flashneck-cuda/build.rs").exists() {
         steps.push(Step::cmd(

@@ -166,6 +166,8 @@ struct KeyBlock<'a, 's, T> {
 }
 
 impl<T: Element> Task for KeyBlock<'_, '_, T> {
+    const WIDE: bool = true;
+
     #[inline(always)]
     fn run<const FMA: bool>(&mut self) {
         let sh = self.sh;
@@ -228,6 +230,8 @@ struct QueryBlock<'a, 's, T> {
 }
 
 impl<T: Element> Task for QueryBlock<'_, '_, T> {
+    const WIDE: bool = true;
+
     #[inline(always)]
     fn run<const FMA: bool>(&mut self) {
         let sh = self.sh;

@@ -88,6 +88,8 @@ pub fn forward<T: Element>(
 }
 
 impl<T: Element> Task for QueryBlock<'_, '_, T> {
+    const WIDE: bool = true;
+
     #[inline(always)]
     fn run<const FMA: bool>(&mut self) {
         let Shared {
