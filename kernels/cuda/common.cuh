@@ -27,6 +27,16 @@
 struct fn_f16_t {};
 struct fn_bf16_t {};
 
+// The typed extern "C" kernels of one family: KERNEL(suffix, tag, storage, rest...) once per
+// element type, with (_f32, float, float), (_f16, fn_f16_t, unsigned short) and
+// (_bf16, fn_bf16_t, unsigned short); KERNEL pastes NAME##suffix for the kernel's name.
+// The .cu file still writes FLASHNECK_EXPORT(name) for each name on its own line after the
+// expansion: crates/flashneck-cuda/build.rs finds the emulated kernels by those lines.
+#define FN_EACH_ELEMENT(KERNEL, ...)                    \
+    KERNEL(_f32, float, float, __VA_ARGS__)             \
+    KERNEL(_f16, fn_f16_t, unsigned short, __VA_ARGS__) \
+    KERNEL(_bf16, fn_bf16_t, unsigned short, __VA_ARGS__)
+
 // ---- conversions (round to nearest even) ------------------------------------------------------
 #if defined(FLASHNECK_EMU)
 
@@ -171,21 +181,6 @@ struct fn_half<fn_bf16_t> {
 template <typename S, int N>
 struct fn_vec;
 
-template <>
-struct fn_vec<float, 4> {
-    static const int N = 4;
-    static __device__ __forceinline__ void load(const float* p, float* v) {
-        float4 q = *reinterpret_cast<const float4*>(p);
-        v[0] = q.x;
-        v[1] = q.y;
-        v[2] = q.z;
-        v[3] = q.w;
-    }
-    static __device__ __forceinline__ void store(float* p, const float* v) {
-        *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
-    }
-};
-
 // W 32-bit words in one 8-byte (W = 2) or 16-byte (W = 4) access.
 template <int W>
 struct fn_words;
@@ -213,6 +208,24 @@ struct fn_words<4> {
     }
     static __device__ __forceinline__ void store(void* p, const unsigned* w) {
         *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+    }
+};
+
+// Four floats as four words (bit casts only, so the access is the same 16-byte one).
+template <>
+struct fn_vec<float, 4> {
+    static const int N = 4;
+    static __device__ __forceinline__ void load(const float* p, float* v) {
+        unsigned w[4];
+        fn_words<4>::load(p, w);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) v[i] = __uint_as_float(w[i]);
+    }
+    static __device__ __forceinline__ void store(float* p, const float* v) {
+        unsigned w[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) w[i] = __float_as_uint(v[i]);
+        fn_words<4>::store(p, w);
     }
 };
 

@@ -278,58 +278,31 @@ __device__ __forceinline__ void grkan_reduce_impl(const float* __restrict__ part
 // Backward args: x, a, b, dy, dx, partials [tiles * groups * 16], then as the forward.
 // Grid: tiles * groups blocks of GRKAN_THREADS threads, tiles = ceil(rows / rows_per_tile).
 
-extern "C" __global__ void __launch_bounds__(GRKAN_THREADS)
-    grkan_forward_f32(const float* __restrict__ x, const float* __restrict__ a,
-                      const float* __restrict__ b, float* __restrict__ y, int n_rows, int channels,
-                      int groups, int m, int n, int rows_per_tile, int vectorized) {
-    grkan_forward<float>(x, a, b, y, n_rows, channels, groups, m, n, rows_per_tile, vectorized);
-}
+#define GRKAN_FORWARD(SUFFIX, T, S, NAME)                                                         \
+    extern "C" __global__ void __launch_bounds__(GRKAN_THREADS)                                    \
+        NAME##SUFFIX(const S* __restrict__ x, const float* __restrict__ a,                         \
+                     const float* __restrict__ b, S* __restrict__ y, int n_rows, int channels,     \
+                     int groups, int m, int n, int rows_per_tile, int vectorized) {                \
+        grkan_forward<T>(x, a, b, y, n_rows, channels, groups, m, n, rows_per_tile, vectorized);   \
+    }
+#define GRKAN_BACKWARD(SUFFIX, T, S, NAME)                                                        \
+    extern "C" __global__ void __launch_bounds__(GRKAN_THREADS)                                    \
+        NAME##SUFFIX(const S* __restrict__ x, const float* __restrict__ a,                         \
+                     const float* __restrict__ b, const S* __restrict__ dy, S* __restrict__ dx,    \
+                     float* __restrict__ partials, int n_rows, int channels, int groups, int m,    \
+                     int n, int rows_per_tile, int vectorized) {                                   \
+        grkan_backward<T>(x, a, b, dy, dx, partials, n_rows, channels, groups, m, n,               \
+                          rows_per_tile, vectorized);                                              \
+    }
+
+FN_EACH_ELEMENT(GRKAN_FORWARD, grkan_forward)
 FLASHNECK_EXPORT(grkan_forward_f32)
-
-extern "C" __global__ void __launch_bounds__(GRKAN_THREADS)
-    grkan_forward_f16(const unsigned short* __restrict__ x, const float* __restrict__ a,
-                      const float* __restrict__ b, unsigned short* __restrict__ y, int n_rows,
-                      int channels, int groups, int m, int n, int rows_per_tile, int vectorized) {
-    grkan_forward<fn_f16_t>(x, a, b, y, n_rows, channels, groups, m, n, rows_per_tile, vectorized);
-}
 FLASHNECK_EXPORT(grkan_forward_f16)
-
-extern "C" __global__ void __launch_bounds__(GRKAN_THREADS)
-    grkan_forward_bf16(const unsigned short* __restrict__ x, const float* __restrict__ a,
-                       const float* __restrict__ b, unsigned short* __restrict__ y, int n_rows,
-                       int channels, int groups, int m, int n, int rows_per_tile, int vectorized) {
-    grkan_forward<fn_bf16_t>(x, a, b, y, n_rows, channels, groups, m, n, rows_per_tile, vectorized);
-}
 FLASHNECK_EXPORT(grkan_forward_bf16)
 
-extern "C" __global__ void __launch_bounds__(GRKAN_THREADS)
-    grkan_backward_f32(const float* __restrict__ x, const float* __restrict__ a,
-                       const float* __restrict__ b, const float* __restrict__ dy,
-                       float* __restrict__ dx, float* __restrict__ partials, int n_rows,
-                       int channels, int groups, int m, int n, int rows_per_tile, int vectorized) {
-    grkan_backward<float>(x, a, b, dy, dx, partials, n_rows, channels, groups, m, n,
-                          rows_per_tile, vectorized);
-}
+FN_EACH_ELEMENT(GRKAN_BACKWARD, grkan_backward)
 FLASHNECK_EXPORT(grkan_backward_f32)
-
-extern "C" __global__ void __launch_bounds__(GRKAN_THREADS)
-    grkan_backward_f16(const unsigned short* __restrict__ x, const float* __restrict__ a,
-                       const float* __restrict__ b, const unsigned short* __restrict__ dy,
-                       unsigned short* __restrict__ dx, float* __restrict__ partials, int n_rows,
-                       int channels, int groups, int m, int n, int rows_per_tile, int vectorized) {
-    grkan_backward<fn_f16_t>(x, a, b, dy, dx, partials, n_rows, channels, groups, m, n,
-                             rows_per_tile, vectorized);
-}
 FLASHNECK_EXPORT(grkan_backward_f16)
-
-extern "C" __global__ void __launch_bounds__(GRKAN_THREADS)
-    grkan_backward_bf16(const unsigned short* __restrict__ x, const float* __restrict__ a,
-                        const float* __restrict__ b, const unsigned short* __restrict__ dy,
-                        unsigned short* __restrict__ dx, float* __restrict__ partials, int n_rows,
-                        int channels, int groups, int m, int n, int rows_per_tile, int vectorized) {
-    grkan_backward<fn_bf16_t>(x, a, b, dy, dx, partials, n_rows, channels, groups, m, n,
-                              rows_per_tile, vectorized);
-}
 FLASHNECK_EXPORT(grkan_backward_bf16)
 
 // Args: partials, da, db, tiles, groups, M, N. Grid: groups * (M + 1 + N) blocks of 256.

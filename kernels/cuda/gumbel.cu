@@ -409,76 +409,37 @@ __device__ __forceinline__ void gumbel_backward(const float* __restrict__ y_soft
         int rows, int classes, float tau
 #define GUMBEL_BWD_PASS y_soft, dy, dlogits, rows, classes, tau
 
-extern "C" __global__ void __launch_bounds__(GUMBEL_WARP_ROWS * 32)
-    gumbel_forward_warp_f32(GUMBEL_FWD_ARGS(float)) {
-    gumbel_forward<float, 32, GUMBEL_WARP_Q>(GUMBEL_FWD_PASS);
-}
+// One typed kernel of a (direction, shape) family: BOUND threads per block, THREADS per row, Q
+// quads per thread held in registers.
+#define GUMBEL_FORWARD(SUFFIX, T, S, NAME, BOUND, THREADS, Q)                                     \
+    extern "C" __global__ void __launch_bounds__(BOUND) NAME##SUFFIX(GUMBEL_FWD_ARGS(S)) {         \
+        gumbel_forward<T, THREADS, Q>(GUMBEL_FWD_PASS);                                            \
+    }
+#define GUMBEL_BACKWARD(SUFFIX, T, S, NAME, BOUND, THREADS, Q)                                    \
+    extern "C" __global__ void __launch_bounds__(BOUND) NAME##SUFFIX(GUMBEL_BWD_ARGS(S)) {         \
+        gumbel_backward<T, THREADS, Q>(GUMBEL_BWD_PASS);                                           \
+    }
+#define GUMBEL_WARP GUMBEL_WARP_ROWS * 32, 32, GUMBEL_WARP_Q
+#define GUMBEL_BLOCK_PER_ROW GUMBEL_BLOCK, GUMBEL_BLOCK, GUMBEL_BLOCK_Q
+
+FN_EACH_ELEMENT(GUMBEL_FORWARD, gumbel_forward_warp, GUMBEL_WARP)
 FLASHNECK_EXPORT(gumbel_forward_warp_f32)
-
-extern "C" __global__ void __launch_bounds__(GUMBEL_WARP_ROWS * 32)
-    gumbel_forward_warp_f16(GUMBEL_FWD_ARGS(unsigned short)) {
-    gumbel_forward<fn_f16_t, 32, GUMBEL_WARP_Q>(GUMBEL_FWD_PASS);
-}
 FLASHNECK_EXPORT(gumbel_forward_warp_f16)
-
-extern "C" __global__ void __launch_bounds__(GUMBEL_WARP_ROWS * 32)
-    gumbel_forward_warp_bf16(GUMBEL_FWD_ARGS(unsigned short)) {
-    gumbel_forward<fn_bf16_t, 32, GUMBEL_WARP_Q>(GUMBEL_FWD_PASS);
-}
 FLASHNECK_EXPORT(gumbel_forward_warp_bf16)
 
-extern "C" __global__ void __launch_bounds__(GUMBEL_BLOCK)
-    gumbel_forward_block_f32(GUMBEL_FWD_ARGS(float)) {
-    gumbel_forward<float, GUMBEL_BLOCK, GUMBEL_BLOCK_Q>(GUMBEL_FWD_PASS);
-}
+FN_EACH_ELEMENT(GUMBEL_FORWARD, gumbel_forward_block, GUMBEL_BLOCK_PER_ROW)
 FLASHNECK_EXPORT(gumbel_forward_block_f32)
-
-extern "C" __global__ void __launch_bounds__(GUMBEL_BLOCK)
-    gumbel_forward_block_f16(GUMBEL_FWD_ARGS(unsigned short)) {
-    gumbel_forward<fn_f16_t, GUMBEL_BLOCK, GUMBEL_BLOCK_Q>(GUMBEL_FWD_PASS);
-}
 FLASHNECK_EXPORT(gumbel_forward_block_f16)
-
-extern "C" __global__ void __launch_bounds__(GUMBEL_BLOCK)
-    gumbel_forward_block_bf16(GUMBEL_FWD_ARGS(unsigned short)) {
-    gumbel_forward<fn_bf16_t, GUMBEL_BLOCK, GUMBEL_BLOCK_Q>(GUMBEL_FWD_PASS);
-}
 FLASHNECK_EXPORT(gumbel_forward_block_bf16)
 
-extern "C" __global__ void __launch_bounds__(GUMBEL_WARP_ROWS * 32)
-    gumbel_backward_warp_f32(GUMBEL_BWD_ARGS(float)) {
-    gumbel_backward<float, 32, GUMBEL_WARP_Q>(GUMBEL_BWD_PASS);
-}
+FN_EACH_ELEMENT(GUMBEL_BACKWARD, gumbel_backward_warp, GUMBEL_WARP)
 FLASHNECK_EXPORT(gumbel_backward_warp_f32)
-
-extern "C" __global__ void __launch_bounds__(GUMBEL_WARP_ROWS * 32)
-    gumbel_backward_warp_f16(GUMBEL_BWD_ARGS(unsigned short)) {
-    gumbel_backward<fn_f16_t, 32, GUMBEL_WARP_Q>(GUMBEL_BWD_PASS);
-}
 FLASHNECK_EXPORT(gumbel_backward_warp_f16)
-
-extern "C" __global__ void __launch_bounds__(GUMBEL_WARP_ROWS * 32)
-    gumbel_backward_warp_bf16(GUMBEL_BWD_ARGS(unsigned short)) {
-    gumbel_backward<fn_bf16_t, 32, GUMBEL_WARP_Q>(GUMBEL_BWD_PASS);
-}
 FLASHNECK_EXPORT(gumbel_backward_warp_bf16)
 
-extern "C" __global__ void __launch_bounds__(GUMBEL_BLOCK)
-    gumbel_backward_block_f32(GUMBEL_BWD_ARGS(float)) {
-    gumbel_backward<float, GUMBEL_BLOCK, GUMBEL_BLOCK_Q>(GUMBEL_BWD_PASS);
-}
+FN_EACH_ELEMENT(GUMBEL_BACKWARD, gumbel_backward_block, GUMBEL_BLOCK_PER_ROW)
 FLASHNECK_EXPORT(gumbel_backward_block_f32)
-
-extern "C" __global__ void __launch_bounds__(GUMBEL_BLOCK)
-    gumbel_backward_block_f16(GUMBEL_BWD_ARGS(unsigned short)) {
-    gumbel_backward<fn_f16_t, GUMBEL_BLOCK, GUMBEL_BLOCK_Q>(GUMBEL_BWD_PASS);
-}
 FLASHNECK_EXPORT(gumbel_backward_block_f16)
-
-extern "C" __global__ void __launch_bounds__(GUMBEL_BLOCK)
-    gumbel_backward_block_bf16(GUMBEL_BWD_ARGS(unsigned short)) {
-    gumbel_backward<fn_bf16_t, GUMBEL_BLOCK, GUMBEL_BLOCK_Q>(GUMBEL_BWD_PASS);
-}
 FLASHNECK_EXPORT(gumbel_backward_block_bf16)
 
 // The raw noise of flat elements 0 .. n: one quad per thread, grid-stride.
