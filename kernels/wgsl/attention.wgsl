@@ -11,33 +11,13 @@
 // alignment) applies inside every tile. Masked scores are carried as a finite sentinel rather
 // than -inf, which WGSL implementations may assume away.
 
-struct Params {
-    batch: u32,
-    heads_q: u32,
-    heads_kv: u32,
-    len_q: u32,
-    len_k: u32,
-    head_dim: u32,
-    head_dim_v: u32,
-    group: u32,        // heads_q / heads_kv
-    scale: f32,
-    causal: u32,
-    sparse: u32,       // 1: iterate the layout's key blocks (and the transposed layout's query blocks)
-    max_blocks: u32,   // layout row capacity
-    max_blocks_t: u32, // transposed layout row capacity
-    q_blocks: u32,
-    k_blocks: u32,
-    has_rho: u32,
-    has_residual: u32,
-}
+// `Params`, `p`, BLOCK, visible_keys and kv_head come from attention_common.wgsl.
 
 const T: u32 = 16u;        // tile edge (query rows, keys)
 const CH: u32 = 64u;       // head-dim chunk staged in workgroup memory
-const BLOCK: u32 = 64u;    // layout block edge
 const WG: u32 = 64u;       // threads per workgroup
 const MASKED: f32 = -3.0e38;
 
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> k: array<f32>;
 @group(0) @binding(3) var<storage, read> v: array<f32>;
@@ -109,17 +89,6 @@ fn visible(i: u32, j: u32) -> bool {
     return i < p.len_q && j < p.len_k && (p.causal == 0u || j + p.len_q <= i + p.len_k);
 }
 
-// Keys 0 .. visible_keys(i) are the ones query row i may see.
-fn visible_keys(i: u32) -> u32 {
-    if (p.causal == 0u) {
-        return p.len_k;
-    }
-    if (i + 1u + p.len_k <= p.len_q) {
-        return 0u;
-    }
-    return min(i + 1u + p.len_k - p.len_q, p.len_k);
-}
-
 // The first query row that sees key j (len_q when none does).
 fn first_row_seeing(j: u32) -> u32 {
     if (p.causal == 0u || j + p.len_q <= p.len_k) {
@@ -162,21 +131,54 @@ fn neg_inf() -> f32 {
     return bitcast<f32>(0xff800000u);
 }
 
-// The 4 scores of thread t's row (tile row t / 4, keys 4 (t % 4) .. + 4) for query rows
-// i0.. and keys j0.. of head (bh, bkv): scale · q_i · k_j, MASKED where invisible.
-fn row_scores(bh: u32, bkv: u32, i0: u32, j0: u32, t: u32) -> vec4<f32> {
+// acc[e] = alpha · acc[e] + Σ_r w[r] · M[row0 + r][4e + l] for thread t's lane l = t % 4, where
+// M is the [n_rows, dim] matrix at flat element `base` of `src`, streamed through tile_a in
+// chunks of 64 columns. Holds barriers: call in uniform control flow.
+fn accumulate_rows(acc: ptr<function, array<f32, 64>>, alpha: f32, w: array<f32, T>, src: u32,
+                   base: u32, row0: u32, n_rows: u32, dim: u32, t: u32) {
+    let l = t % 4u;
+    for (var c0 = 0u; c0 < dim; c0 += CH) {
+        stage(false, src, base, row0, n_rows, dim, c0, t);
+        workgroupBarrier();
+        for (var e = 0u; e < CH / 4u; e++) {
+            let col = 4u * e + l;
+            var a = (*acc)[c0 / 4u + e] * alpha;
+            for (var rr = 0u; rr < T; rr++) {
+                a += w[rr] * tile_a[rr][col];
+            }
+            (*acc)[c0 / 4u + e] = a;
+        }
+        workgroupBarrier();
+    }
+}
+
+// The 4 dot products A_i · B_j of thread t's row (tile row t / 4, keys 4 (t % 4) .. + 4) for
+// query rows i0.. of A (a [len_q, dim] matrix at `base_a` of `src_a`) and key rows j0.. of B
+// (a [len_k, dim] matrix at `base_b` of `src_b`); 0 past either matrix.
+fn row_dots(src_a: u32, base_a: u32, src_b: u32, base_b: u32, i0: u32, j0: u32, dim: u32,
+            t: u32) -> vec4<f32> {
     let r = t / 4u;
     let l = t % 4u;
     var s = vec4<f32>(0.0);
-    for (var c0 = 0u; c0 < p.head_dim; c0 += CH) {
-        stage(false, SRC_Q, bh * p.len_q * p.head_dim, i0, p.len_q, p.head_dim, c0, t);
-        stage(true, SRC_K, bkv * p.len_k * p.head_dim, j0, p.len_k, p.head_dim, c0, t);
+    for (var c0 = 0u; c0 < dim; c0 += CH) {
+        stage(false, src_a, base_a, i0, p.len_q, dim, c0, t);
+        stage(true, src_b, base_b, j0, p.len_k, dim, c0, t);
         workgroupBarrier();
         for (var c = 0u; c < 4u; c++) {
             s[c] += dot_ab(r, 4u * l + c);
         }
         workgroupBarrier();
     }
+    return s;
+}
+
+// The 4 scores of thread t's row for query rows i0.. and keys j0.. of head (bh, bkv):
+// scale · q_i · k_j, MASKED where invisible.
+fn row_scores(bh: u32, bkv: u32, i0: u32, j0: u32, t: u32) -> vec4<f32> {
+    var s = row_dots(SRC_Q, bh * p.len_q * p.head_dim, SRC_K, bkv * p.len_k * p.head_dim, i0, j0,
+                     p.head_dim, t);
+    let r = t / 4u;
+    let l = t % 4u;
     for (var c = 0u; c < 4u; c++) {
         s[c] = select(MASKED, p.scale * s[c], visible(i0 + r, j0 + 4u * l + c));
     }
@@ -185,19 +187,31 @@ fn row_scores(bh: u32, bkv: u32, i0: u32, j0: u32, t: u32) -> vec4<f32> {
 
 // The 4 values dO_i · v_j of thread t's row (same layout as row_scores).
 fn row_dp(bh: u32, bkv: u32, i0: u32, j0: u32, t: u32) -> vec4<f32> {
-    let r = t / 4u;
-    let l = t % 4u;
-    var s = vec4<f32>(0.0);
-    for (var c0 = 0u; c0 < p.head_dim_v; c0 += CH) {
-        stage(false, SRC_DO, bh * p.len_q * p.head_dim_v, i0, p.len_q, p.head_dim_v, c0, t);
-        stage(true, SRC_V, bkv * p.len_k * p.head_dim_v, j0, p.len_k, p.head_dim_v, c0, t);
-        workgroupBarrier();
-        for (var c = 0u; c < 4u; c++) {
-            s[c] += dot_ab(r, 4u * l + c);
-        }
-        workgroupBarrier();
-    }
-    return s;
+    return row_dots(SRC_DO, bh * p.len_q * p.head_dim_v, SRC_V, bkv * p.len_k * p.head_dim_v, i0,
+                    j0, p.head_dim_v, t);
+}
+
+// The 16-row query tile a workgroup of the forward or dQ kernel owns: query head bh (reading kv
+// head bkv), rows i0 .. i0 + 16 (the last existing one last_row) in layout block qb.
+struct QueryTile {
+    bh: u32,
+    bkv: u32,
+    i0: u32,
+    qb: u32,
+    last_row: u32,
+}
+
+// Query tiles per head.
+fn query_tiles() -> u32 {
+    return (p.len_q + T - 1u) / T;
+}
+
+// Tile w of the grid, w < batch · heads_q · query_tiles().
+fn query_tile(w: u32) -> QueryTile {
+    let q_tiles = query_tiles();
+    let bh = w / q_tiles;
+    let i0 = (w % q_tiles) * T;
+    return QueryTile(bh, kv_head(bh), i0, i0 / BLOCK, min(i0 + T, p.len_q) - 1u);
 }
 
 // ---------------------------------------------------------------- forward
@@ -205,19 +219,14 @@ fn row_dp(bh: u32, bkv: u32, i0: u32, j0: u32, t: u32) -> vec4<f32> {
 @compute @workgroup_size(64)
 fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_index) t: u32) {
-    let q_tiles = (p.len_q + T - 1u) / T;
     let w = flat_workgroup(wg, nwg);
-    if (w >= p.batch * p.heads_q * q_tiles) {
+    if (w >= p.batch * p.heads_q * query_tiles()) {
         return;
     }
-    let bh = w / q_tiles;
-    let i0 = (w % q_tiles) * T;
-    let bkv = (bh / p.heads_q) * p.heads_kv + (bh % p.heads_q) / p.group;
-    let qb = i0 / BLOCK;
+    let tile = query_tile(w);
     let r = t / 4u;
     let l = t % 4u;
-    let i = i0 + r;
-    let last_row = min(i0 + T, p.len_q) - 1u;
+    let i = tile.i0 + r;
 
     var m = MASKED;       // running max of the row's visible scores
     var sum = 0.0;        // running Σ exp(s − m)
@@ -225,12 +234,12 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     for (var e = 0u; e < 64u; e++) {
         acc[e] = 0.0;
     }
-    let n_blocks = key_block_count(bh, qb, last_row);
-    let vis_end = visible_keys(last_row);
+    let n_blocks = key_block_count(tile.bh, tile.qb, tile.last_row);
+    let vis_end = visible_keys(tile.last_row);
     for (var n = 0u; n < n_blocks; n++) {
-        let kb = key_block(bh, qb, n);
+        let kb = key_block(tile.bh, tile.qb, n);
         for (var j0 = kb * BLOCK; j0 < min(kb * BLOCK + BLOCK, vis_end); j0 += T) {
-            let s = row_scores(bh, bkv, i0, j0, t);
+            let s = row_scores(tile.bh, tile.bkv, tile.i0, j0, t);
             tile_s[r][4u * l] = s.x;
             tile_s[r][4u * l + 1u] = s.y;
             tile_s[r][4u * l + 2u] = s.z;
@@ -259,26 +268,15 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
                     pr[jj] = 0.0;
                 }
             }
-            // acc = alpha · acc + P V, V streamed in chunks of 64 columns.
-            for (var c0 = 0u; c0 < p.head_dim_v; c0 += CH) {
-                stage(false, SRC_V, bkv * p.len_k * p.head_dim_v, j0, p.len_k, p.head_dim_v, c0, t);
-                workgroupBarrier();
-                for (var e = 0u; e < CH / 4u; e++) {
-                    let col = 4u * e + l;
-                    var a = acc[c0 / 4u + e] * alpha;
-                    for (var jj = 0u; jj < T; jj++) {
-                        a += pr[jj] * tile_a[jj][col];
-                    }
-                    acc[c0 / 4u + e] = a;
-                }
-                workgroupBarrier();
-            }
+            // acc = alpha · acc + P V.
+            accumulate_rows(&acc, alpha, pr, SRC_V, tile.bkv * p.len_k * p.head_dim_v, j0,
+                            p.len_k, p.head_dim_v, t);
         }
     }
     if (i >= p.len_q) {
         return;
     }
-    let row = bh * p.len_q + i;
+    let row = tile.bh * p.len_q + i;
     if (l == 0u) {
         lse_out[row] = select(m + log(sum), neg_inf(), sum == 0.0);
     }
@@ -347,53 +345,38 @@ fn row_ds(bh: u32, bkv: u32, i0: u32, j0: u32, t: u32, pr: vec4<f32>) -> vec4<f3
 fn attention_backward_dq(@builtin(workgroup_id) wg: vec3<u32>,
                          @builtin(num_workgroups) nwg: vec3<u32>,
                          @builtin(local_invocation_index) t: u32) {
-    let q_tiles = (p.len_q + T - 1u) / T;
     let w = flat_workgroup(wg, nwg);
-    if (w >= p.batch * p.heads_q * q_tiles) {
+    if (w >= p.batch * p.heads_q * query_tiles()) {
         return;
     }
-    let bh = w / q_tiles;
-    let i0 = (w % q_tiles) * T;
-    let bkv = (bh / p.heads_q) * p.heads_kv + (bh % p.heads_q) / p.group;
-    let qb = i0 / BLOCK;
+    let tile = query_tile(w);
     let r = t / 4u;
     let l = t % 4u;
-    let last_row = min(i0 + T, p.len_q) - 1u;
     var acc: array<f32, 64>;
     for (var e = 0u; e < 64u; e++) {
         acc[e] = 0.0;
     }
-    let n_blocks = key_block_count(bh, qb, last_row);
-    let vis_end = visible_keys(last_row);
+    let n_blocks = key_block_count(tile.bh, tile.qb, tile.last_row);
+    let vis_end = visible_keys(tile.last_row);
     for (var n = 0u; n < n_blocks; n++) {
-        let kb = key_block(bh, qb, n);
+        let kb = key_block(tile.bh, tile.qb, n);
         for (var j0 = kb * BLOCK; j0 < min(kb * BLOCK + BLOCK, vis_end); j0 += T) {
-            let pr = row_p(bh, bkv, i0, j0, t);
-            let ds = row_ds(bh, bkv, i0, j0, t, pr);
+            let pr = row_p(tile.bh, tile.bkv, tile.i0, j0, t);
+            let ds = row_ds(tile.bh, tile.bkv, tile.i0, j0, t, pr);
             for (var c = 0u; c < 4u; c++) {
                 tile_ds[r][4u * l + c] = ds[c];
             }
             workgroupBarrier();
-            for (var c0 = 0u; c0 < p.head_dim; c0 += CH) {
-                stage(false, SRC_K, bkv * p.len_k * p.head_dim, j0, p.len_k, p.head_dim, c0, t);
-                workgroupBarrier();
-                for (var e = 0u; e < CH / 4u; e++) {
-                    let col = 4u * e + l;
-                    var a = acc[c0 / 4u + e];
-                    for (var jj = 0u; jj < T; jj++) {
-                        a += tile_ds[r][jj] * tile_a[jj][col];
-                    }
-                    acc[c0 / 4u + e] = a;
-                }
-                workgroupBarrier();
-            }
+            // acc += dS K.
+            accumulate_rows(&acc, 1.0, tile_ds[r], SRC_K, tile.bkv * p.len_k * p.head_dim, j0,
+                            p.len_k, p.head_dim, t);
         }
     }
-    let i = i0 + r;
+    let i = tile.i0 + r;
     if (i >= p.len_q) {
         return;
     }
-    let row = bh * p.len_q + i;
+    let row = tile.bh * p.len_q + i;
     for (var col = l; col < p.head_dim; col += 4u) {
         dq[row * p.head_dim + col] = narrow(p.scale * acc[col / 4u]);
     }
@@ -437,40 +420,19 @@ fn attention_backward_dkdv(@builtin(workgroup_id) wg: vec3<u32>,
                 // Rows = queries here: thread t computes query row t / 4, keys 4 (t % 4)...
                 let pr = row_p(bh, bkv, i0, j0, t);
                 let ds = row_ds(bh, bkv, i0, j0, t, pr);
+                // Stored transposed (row = key), so that key jr's column is the row tile_s[jr].
                 let r = t / 4u;
                 for (var c = 0u; c < 4u; c++) {
-                    tile_s[r][4u * l + c] = pr[c];
-                    tile_ds[r][4u * l + c] = ds[c];
+                    tile_s[4u * l + c][r] = pr[c];
+                    tile_ds[4u * l + c][r] = ds[c];
                 }
                 workgroupBarrier();
-                // dV[j] += Σ_i P[i][j] dO[i], dO streamed in chunks.
-                for (var c0 = 0u; c0 < p.head_dim_v; c0 += CH) {
-                    stage(false, SRC_DO, bh * p.len_q * p.head_dim_v, i0, p.len_q, p.head_dim_v, c0, t);
-                    workgroupBarrier();
-                    for (var e = 0u; e < CH / 4u; e++) {
-                        let col = 4u * e + l;
-                        var a = acc_v[c0 / 4u + e];
-                        for (var ii = 0u; ii < T; ii++) {
-                            a += tile_s[ii][jr] * tile_a[ii][col];
-                        }
-                        acc_v[c0 / 4u + e] = a;
-                    }
-                    workgroupBarrier();
-                }
+                // dV[j] += Σ_i P[i][j] dO[i].
+                accumulate_rows(&acc_v, 1.0, tile_s[jr], SRC_DO, bh * p.len_q * p.head_dim_v, i0,
+                                p.len_q, p.head_dim_v, t);
                 // dK[j] += Σ_i dS[i][j] Q[i].
-                for (var c0 = 0u; c0 < p.head_dim; c0 += CH) {
-                    stage(false, SRC_Q, bh * p.len_q * p.head_dim, i0, p.len_q, p.head_dim, c0, t);
-                    workgroupBarrier();
-                    for (var e = 0u; e < CH / 4u; e++) {
-                        let col = 4u * e + l;
-                        var a = acc_k[c0 / 4u + e];
-                        for (var ii = 0u; ii < T; ii++) {
-                            a += tile_ds[ii][jr] * tile_a[ii][col];
-                        }
-                        acc_k[c0 / 4u + e] = a;
-                    }
-                    workgroupBarrier();
-                }
+                accumulate_rows(&acc_k, 1.0, tile_ds[jr], SRC_Q, bh * p.len_q * p.head_dim, i0,
+                                p.len_q, p.head_dim, t);
             }
         }
     }

@@ -4,7 +4,7 @@
 // workgroup a tile of `rows_per_tile` rows of one group; it writes dx and reduces the tile's
 // coefficient gradients (da, db) in workgroup memory into one partial per tile. Pass 2
 // (`grkan_backward_reduce`) sums the partials of each coefficient over the tiles in tile order.
-// No atomics: the result is bitwise reproducible.
+// No atomics: the result is bitwise reproducible. The workgroup reduction is reduce.wgsl's.
 
 struct Params {
     rows: u32,
@@ -33,8 +33,6 @@ const MAX_COEFS: u32 = 15u;
 @group(0) @binding(6) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(7) var<storage, read_write> da: array<f32>;
 @group(0) @binding(8) var<storage, read_write> db: array<f32>;
-
-var<workgroup> red: array<f32, WG>;
 
 // P, P', the denominator's sum S = Σ |b_j| |x|^j (Q = 1 + S) and S' = Σ j |b_j| |x|^(j-1).
 struct Rational {
@@ -128,20 +126,12 @@ fn grkan_backward_partials(@builtin(workgroup_id) wg: vec3<u32>,
             axj *= ax;
         }
     }
-    // Tree-reduce each coefficient over the workgroup, in a fixed pattern.
+    // Tree-reduce each coefficient over the workgroup (reduce.wgsl), in a fixed pattern.
     for (var k = 0u; k < ncoef; k++) {
-        red[lid] = acc[k];
-        workgroupBarrier();
-        for (var s = WG / 2u; s > 0u; s >>= 1u) {
-            if (lid < s) {
-                red[lid] += red[lid + s];
-            }
-            workgroupBarrier();
-        }
+        let total = reduce_sum(lid, acc[k]);
         if (lid == 0u) {
-            partials[w * ncoef + k] = red[0];
+            partials[w * ncoef + k] = total;
         }
-        workgroupBarrier();
     }
 }
 

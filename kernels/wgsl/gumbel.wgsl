@@ -31,7 +31,7 @@ const WG: u32 = 64u;
 // philox_words: counter (4 words) and key (2 words) in, 4 words out.
 @group(0) @binding(6) var<storage, read_write> words: array<u32>;
 
-var<workgroup> red: array<f32, WG>;
+// `red`, reduce_max and reduce_sum come from reduce.wgsl; reduce_argmax also needs indices.
 var<workgroup> red_idx: array<u32, WG>;
 
 // The high half of the 64-bit product a · b, from 16-bit limbs (WGSL has no 64-bit integers).
@@ -95,34 +95,6 @@ fn gumbel_noise_at(n: u32) -> f32 {
     return -log(e);
 }
 
-fn reduce_max(lid: u32, v: f32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            red[lid] = max(red[lid], red[lid + s]);
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
-
-fn reduce_sum(lid: u32, v: f32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            red[lid] += red[lid + s];
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
-
 // The index of the largest value; ties go to the lowest index.
 fn reduce_argmax(lid: u32, v: f32, i: u32) -> u32 {
     red[lid] = v;
@@ -144,6 +116,77 @@ fn reduce_argmax(lid: u32, v: f32, i: u32) -> u32 {
     return r;
 }
 
+// The row passes, over the row's elements k0, k0 + stride, ... < K of the row at flat `base`:
+// the workgroup entry points stride by WG from their thread, the `_rows` ones walk the whole
+// row (k0 = 0, stride = 1). Each returns this thread's part of what the next step reduces.
+
+// Forward pass 1: s = logits + g, kept in `out` (an f32 buffer) until the last pass; the max.
+fn perturb(base: u32, k0: u32, stride: u32) -> f32 {
+    var m = -3.4028235e38;
+    for (var k = k0; k < p.classes; k += stride) {
+        let s = logits[base + k] + gumbel_noise_at(base + k);
+        out[base + k] = s;
+        m = max(m, s);
+    }
+    return m;
+}
+
+// Forward pass 2: e = exp((s − max) / tau) (the max is subtracted first, as on the CPU); Σ e.
+fn exponentiate(base: u32, k0: u32, stride: u32, m: f32) -> f32 {
+    var sum = 0.0;
+    for (var k = k0; k < p.classes; k += stride) {
+        let e = exp((out[base + k] - m) * p.inv_tau);
+        out[base + k] = e;
+        sum += e;
+    }
+    return sum;
+}
+
+// The largest normalised value seen and its index (0xffffffff when none).
+struct Best {
+    value: f32,
+    index: u32,
+}
+
+// Forward pass 3: normalise (y_soft if asked, y narrowed); track the argmax for the hard sample.
+fn normalise(base: u32, k0: u32, stride: u32, inv_sum: f32) -> Best {
+    var best = Best(-1.0, 0xffffffffu);
+    for (var k = k0; k < p.classes; k += stride) {
+        let ys = out[base + k] * inv_sum;
+        if (p.has_y_soft == 1u) {
+            y_soft[base + k] = ys;
+        }
+        if (ys > best.value) {
+            best = Best(ys, k);
+        }
+        out[base + k] = narrow(ys);
+    }
+    return best;
+}
+
+// Hard forward: y = one_hot(arg).
+fn write_one_hot(base: u32, k0: u32, stride: u32, arg: u32) {
+    for (var k = k0; k < p.classes; k += stride) {
+        out[base + k] = select(0.0, 1.0, k == arg);
+    }
+}
+
+// Backward pass 1: Σ y_soft · dy.
+fn dot_y_soft_dy(base: u32, k0: u32, stride: u32) -> f32 {
+    var dot = 0.0;
+    for (var k = k0; k < p.classes; k += stride) {
+        dot += y_soft_in[base + k] * dy[base + k];
+    }
+    return dot;
+}
+
+// Backward pass 2: dlogits = y_soft (dy − dot) / tau.
+fn write_dlogits(base: u32, k0: u32, stride: u32, dot: f32) {
+    for (var k = k0; k < p.classes; k += stride) {
+        out[base + k] = narrow(p.inv_tau * y_soft_in[base + k] * (dy[base + k] - dot));
+    }
+}
+
 @compute @workgroup_size(64)
 fn gumbel_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
@@ -151,43 +194,12 @@ fn gumbel_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     if (row >= p.rows) {
         return;
     }
-    let k_len = p.classes;
-    let base = row * k_len;
-    // Pass 1: s = logits + g, kept in `out` (an f32 buffer) until the last pass.
-    var m = -3.4028235e38;
-    for (var k = lid; k < k_len; k += WG) {
-        let s = logits[base + k] + gumbel_noise_at(base + k);
-        out[base + k] = s;
-        m = max(m, s);
-    }
-    m = reduce_max(lid, m);
-    // Pass 2: e = exp((s − max) / tau) (the max is subtracted first, as on the CPU).
-    var sum = 0.0;
-    for (var k = lid; k < k_len; k += WG) {
-        let e = exp((out[base + k] - m) * p.inv_tau);
-        out[base + k] = e;
-        sum += e;
-    }
-    let inv_sum = 1.0 / reduce_sum(lid, sum);
-    // Pass 3: normalise; track the argmax for the hard sample.
-    var best = -1.0;
-    var best_k = 0xffffffffu;
-    for (var k = lid; k < k_len; k += WG) {
-        let ys = out[base + k] * inv_sum;
-        if (p.has_y_soft == 1u) {
-            y_soft[base + k] = ys;
-        }
-        if (ys > best) {
-            best = ys;
-            best_k = k;
-        }
-        out[base + k] = narrow(ys);
-    }
+    let base = row * p.classes;
+    let m = reduce_max(lid, perturb(base, lid, WG));
+    let inv_sum = 1.0 / reduce_sum(lid, exponentiate(base, lid, WG, m));
+    let best = normalise(base, lid, WG, inv_sum);
     if (p.hard == 1u) {
-        let arg = reduce_argmax(lid, best, best_k);
-        for (var k = lid; k < k_len; k += WG) {
-            out[base + k] = select(0.0, 1.0, k == arg);
-        }
+        write_one_hot(base, lid, WG, reduce_argmax(lid, best.value, best.index));
     }
 }
 
@@ -199,14 +211,7 @@ fn gumbel_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
         return;
     }
     let base = row * p.classes;
-    var dot = 0.0;
-    for (var k = lid; k < p.classes; k += WG) {
-        dot += y_soft_in[base + k] * dy[base + k];
-    }
-    dot = reduce_sum(lid, dot);
-    for (var k = lid; k < p.classes; k += WG) {
-        out[base + k] = narrow(p.inv_tau * y_soft_in[base + k] * (dy[base + k] - dot));
-    }
+    write_dlogits(base, lid, WG, reduce_sum(lid, dot_y_soft_dy(base, lid, WG)));
 }
 
 // Short rows (K <= 64, host's choice): one thread per row, no workgroup reductions, so that
@@ -220,36 +225,11 @@ fn gumbel_forward_rows(@builtin(workgroup_id) wg: vec3<u32>,
         return;
     }
     let base = row * p.classes;
-    var m = -3.4028235e38;
-    for (var k = 0u; k < p.classes; k++) {
-        let s = logits[base + k] + gumbel_noise_at(base + k);
-        out[base + k] = s;
-        m = max(m, s);
-    }
-    var sum = 0.0;
-    for (var k = 0u; k < p.classes; k++) {
-        let e = exp((out[base + k] - m) * p.inv_tau);
-        out[base + k] = e;
-        sum += e;
-    }
-    let inv_sum = 1.0 / sum;
-    var best = -1.0;
-    var best_k = 0xffffffffu;
-    for (var k = 0u; k < p.classes; k++) {
-        let ys = out[base + k] * inv_sum;
-        if (p.has_y_soft == 1u) {
-            y_soft[base + k] = ys;
-        }
-        if (ys > best) {
-            best = ys;
-            best_k = k;
-        }
-        out[base + k] = narrow(ys);
-    }
+    let m = perturb(base, 0u, 1u);
+    let inv_sum = 1.0 / exponentiate(base, 0u, 1u, m);
+    let best = normalise(base, 0u, 1u, inv_sum);
     if (p.hard == 1u) {
-        for (var k = 0u; k < p.classes; k++) {
-            out[base + k] = select(0.0, 1.0, k == best_k);
-        }
+        write_one_hot(base, 0u, 1u, best.index);
     }
 }
 
@@ -262,13 +242,7 @@ fn gumbel_backward_rows(@builtin(workgroup_id) wg: vec3<u32>,
         return;
     }
     let base = row * p.classes;
-    var dot = 0.0;
-    for (var k = 0u; k < p.classes; k++) {
-        dot += y_soft_in[base + k] * dy[base + k];
-    }
-    for (var k = 0u; k < p.classes; k++) {
-        out[base + k] = narrow(p.inv_tau * y_soft_in[base + k] * (dy[base + k] - dot));
-    }
+    write_dlogits(base, 0u, 1u, dot_y_soft_dy(base, 0u, 1u));
 }
 
 @compute @workgroup_size(64)

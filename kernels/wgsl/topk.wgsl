@@ -5,33 +5,10 @@
 // block) scores its visible key blocks, marks the sink and local blocks, picks the `keep` best
 // others (ties to the lower index, NaN last) and writes the chosen blocks in ascending order.
 
-struct Params {
-    batch: u32,
-    heads_q: u32,
-    heads_kv: u32,
-    len_q: u32,
-    len_k: u32,
-    head_dim: u32,
-    head_dim_v: u32,
-    group: u32,
-    scale: f32,
-    causal: u32,
-    sparse: u32,
-    max_blocks: u32,   // of the result: min(nKB, sink + local + keep)
-    max_blocks_t: u32,
-    q_blocks: u32,
-    k_blocks: u32,
-    has_rho: u32,
-    has_residual: u32,
-    keep: u32,         // keep, sink and local are clamped to nKB by the host
-    sink: u32,
-    local: u32,
-}
+// `Params`, `p`, BLOCK, visible_keys and kv_head come from attention_common.wgsl.
 
-const BLOCK: u32 = 64u;
 const WG: u32 = 64u;
 
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> k: array<f32>;
 // [B, Hq, nQB, D] and [B, Hkv, nKB, D] block means.
@@ -80,17 +57,6 @@ fn is_nan(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u;
 }
 
-// Keys 0 .. visible_keys(i) are the ones query row i may see (causal: bottom-right aligned).
-fn visible_keys(i: u32) -> u32 {
-    if (p.causal == 0u) {
-        return p.len_k;
-    }
-    if (i + 1u + p.len_k <= p.len_q) {
-        return 0u;
-    }
-    return min(i + 1u + p.len_k - p.len_q, p.len_k);
-}
-
 // Chosen key blocks are a per-thread bitset of 64 words: nKB <= 2048 (host-checked).
 const MAX_WORDS: u32 = 64u;
 
@@ -104,7 +70,7 @@ fn topk_select(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     let nkb = p.k_blocks;
     let bh = row / p.q_blocks;
     let qb = row % p.q_blocks;
-    let bkv = (bh / p.heads_q) * p.heads_kv + (bh % p.heads_q) / p.group;
+    let bkv = kv_head(bh);
     // Blocks holding at least one key this query block may see.
     let last_row = min(qb * BLOCK + BLOCK, p.len_q) - 1u;
     let visible = (visible_keys(last_row) + BLOCK - 1u) / BLOCK;

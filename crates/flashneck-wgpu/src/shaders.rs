@@ -1,6 +1,7 @@
 //! The WGSL sources (`kernels/wgsl/*.wgsl`, embedded at build time) and their static checks.
 //!
-//! Every shader is `common.wgsl` (element narrowing, grid indexing) followed by the op's file.
+//! Every shader is `common.wgsl` (element narrowing, grid indexing), then the shared files its
+//! op needs ([`Shader::includes`]), then the op's file.
 //! [`validate`] runs naga's WGSL front end and validator on it, and [`workgroup_bytes`] sums the
 //! sizes of its workgroup-memory globals, because neither naga nor lavapipe checks them against
 //! `max_compute_workgroup_storage_size`; the backend refuses a shader that does not fit.
@@ -8,6 +9,10 @@
 use std::fmt;
 
 const COMMON: &str = include_str!("../../../kernels/wgsl/common.wgsl");
+/// Workgroup tree reductions (`red`, `reduce_sum`, `reduce_max`) sized by the op's `WG`.
+const REDUCE: &str = include_str!("../../../kernels/wgsl/reduce.wgsl");
+/// The attention uniform (`Params`, `p`), `BLOCK`, `visible_keys` and `kv_head`.
+const ATTENTION_COMMON: &str = include_str!("../../../kernels/wgsl/attention_common.wgsl");
 
 /// One WGSL shader module (several entry points each).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -48,9 +53,24 @@ impl Shader {
         }
     }
 
-    /// The full source handed to the device: `common.wgsl` then the op's file.
+    /// Shared WGSL files placed between `common.wgsl` and the op's file.
+    fn includes(self) -> &'static [&'static str] {
+        match self {
+            Shader::GrKan | Shader::Gumbel => &[REDUCE],
+            Shader::Attention | Shader::Topk => &[ATTENTION_COMMON],
+        }
+    }
+
+    /// The full source handed to the device: `common.wgsl`, the shared files, the op's file.
     pub fn source(self) -> String {
-        format!("{COMMON}\n{}", self.body())
+        let mut src = String::from(COMMON);
+        for part in self.includes() {
+            src.push('\n');
+            src.push_str(part);
+        }
+        src.push('\n');
+        src.push_str(self.body());
+        src
     }
 }
 

@@ -1,0 +1,36 @@
+// Workgroup tree reductions, shared by grkan.wgsl and gumbel.wgsl: the host puts this file
+// between common.wgsl and either op's file. `WG` (threads per workgroup, a power of two) is the
+// op file's constant, so the scratch array has one slot per thread of that op.
+//
+// Every thread of the workgroup must call these in uniform control flow (they hold barriers);
+// all threads get the result. The pairing pattern is fixed, so results are reproducible.
+
+var<workgroup> red: array<f32, WG>;
+
+fn reduce_max(lid: u32, v: f32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            red[lid] = max(red[lid], red[lid + s]);
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+fn reduce_sum(lid: u32, v: f32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            red[lid] += red[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
