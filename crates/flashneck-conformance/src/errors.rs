@@ -28,7 +28,11 @@ fn expect_err<R>(b: &impl Backend, op: OpKind, dtype: DType, r: Result<R>, kind:
         Err(Error::ShapeMismatch { arg: got, .. }) if kind == Kind::Shape && got == arg => {}
         Err(Error::BadParameter { arg: got, .. }) if kind == Kind::Bad && got == arg => {}
         Err(e) if e.is_unsupported() && !supported => {
-            println!("skip: {} {dtype}: {e}", op.name());
+            crate::announce_skip(&format!(
+                "skip: {} {} {dtype}: {e}",
+                b.info().name,
+                op.name()
+            ));
         }
         Err(e) => panic!(
             "{} {dtype}: bad `{arg}` must give {kind:?} naming `{arg}`, got: {e}",
