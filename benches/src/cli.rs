@@ -6,7 +6,7 @@ use crate::peer::Peer;
 use crate::progress::Progress;
 use crate::report;
 use crate::results::{BackendResults, Results, Status};
-use crate::runner::{self, Selection};
+use crate::runner::{self, Pace, Selection};
 use crate::target::BenchTarget;
 use flashneck_core::{DType, OpKind};
 use std::path::{Path, PathBuf};
@@ -22,6 +22,8 @@ usage: flashneck-bench [options]
   --quick          scaled-down sizes (the default without a GPU)
   --standard       the standard sizes (the default with a GPU)
   --full           every standard size, longer runs, every dtype
+  --time-budget S  finish within about S seconds: cases are shortened to fit, and cases that
+                   no longer fit are reported as out of time (the reports are always written)
   --threads N      CPU threads for the CPU backend and the CPU peer (default: all cores)
   --no-peer        do not start the PyTorch peer
   --out DIR        where to write results.json, report.md, report.html
@@ -38,6 +40,8 @@ pub struct Options {
     pub dtypes: Vec<DType>,
     /// `None`: quick without a GPU, standard with one.
     pub profile: Option<Profile>,
+    /// Seconds the whole run may take (`--time-budget`).
+    pub time_budget: Option<f64>,
     pub threads: usize,
     pub peer: bool,
     pub out: PathBuf,
@@ -51,6 +55,7 @@ impl Default for Options {
             ops: Vec::new(),
             dtypes: Vec::new(),
             profile: None,
+            time_budget: None,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             peer: true,
             out: PathBuf::from("target/flashneck-bench"),
@@ -119,6 +124,19 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
             "--quick" => o.profile = Some(Profile::Quick),
             "--standard" => o.profile = Some(Profile::Standard),
             "--full" => o.profile = Some(Profile::Full),
+            "--time-budget" => {
+                let v = it.next().ok_or("--time-budget needs a value")?;
+                o.time_budget = Some(
+                    v.parse::<f64>()
+                        .ok()
+                        .filter(|s| s.is_finite() && *s > 0.0)
+                        .ok_or_else(|| {
+                            format!(
+                                "--time-budget: expected a positive number of seconds, got {v:?}"
+                            )
+                        })?,
+                );
+            }
             "--threads" => {
                 let v = it.next().ok_or("--threads needs a value")?;
                 o.threads =
@@ -316,6 +334,7 @@ pub fn run(o: &Options) -> Result<Results, String> {
         .map(|f| on_backend!(f, b => runner::cases_for(&sel, b.is_gpu(), b.is_software())))
         .collect();
     let total = plans.iter().map(Vec::len).sum();
+    let mut pace = Pace::new(profile, o.time_budget, total);
     let mut progress = Progress::new(total, o.quiet);
     let mut peer = if o.peer {
         Peer::start(&o.out)
@@ -334,7 +353,7 @@ pub fn run(o: &Options) -> Result<Results, String> {
     for (f, cases) in found.iter().zip(&plans) {
         let peer_ref = peer.as_mut().ok();
         let r = on_backend!(f, b => {
-            runner::run_backend(b, &sel, cases, o.threads, peer_ref, &mut progress)
+            runner::run_backend(b, &sel, cases, o.threads, peer_ref, &mut pace, &mut progress)
         });
         backends.push(r);
     }
@@ -405,6 +424,12 @@ mod tests {
         assert!(parse(&args("--dtype f64")).is_err());
         assert!(parse(&args("--backend tpu")).is_err());
         assert!(parse(&args("--threads 0")).is_err());
+        assert_eq!(
+            parse(&args("--time-budget 150")).unwrap().time_budget,
+            Some(150.0)
+        );
+        assert!(parse(&args("--time-budget 0")).is_err());
+        assert!(parse(&args("--time-budget soon")).is_err());
         assert!(parse(&args("--bogus")).is_err());
     }
 

@@ -75,6 +75,7 @@ impl Progress {
             (Status::Ok, None) => "ok".into(),
             (Status::Unsupported, _) => "unsupported".into(),
             (Status::Failed, _) => format!("FAILED: {}", r.message.as_deref().unwrap_or("")),
+            (Status::OutOfTime, _) => "out of time".into(),
         };
         if self.tty {
             if r.status == Status::Failed {

@@ -57,6 +57,9 @@ pub enum Status {
     Unsupported,
     /// The op returned an error other than Unsupported.
     Failed,
+    /// Not run: the run's `--time-budget` ran out before this case.
+    #[serde(rename = "out_of_time")]
+    OutOfTime,
 }
 
 /// One case on one backend.

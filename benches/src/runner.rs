@@ -10,6 +10,7 @@ use crate::results::{BackendResults, CaseResult, PeerResult, Status};
 use crate::stats::Summary;
 use crate::target::BenchTarget;
 use flashneck_core::{DType, Error, OpKind};
+use std::time::Instant;
 
 /// Rounds of alternation between our runs and the peer's.
 const ROUNDS: usize = 5;
@@ -62,11 +63,50 @@ pub fn cases_for(sel: &Selection, gpu: bool, software: bool) -> Vec<Case> {
     v
 }
 
-/// How many timed runs fit the profile's time budget, given one run's time.
-fn runs_for(profile: Profile, one_run_s: f64) -> usize {
-    let budget = profile.seconds_per_case();
+/// The pace of a whole run: the profile's seconds per case and side, shortened so that every
+/// case still to run fits before an optional deadline (`--time-budget`). A run that must end
+/// before an outer time limit (the GPU check's) writes its reports instead of being killed.
+#[derive(Clone, Debug)]
+pub struct Pace {
+    profile: Profile,
+    deadline: Option<Instant>,
+    /// Cases not yet started, over every backend of the run.
+    remaining: usize,
+}
+
+/// The share of the time left that measured runs may take; the rest goes to warm-ups, inputs,
+/// the peer's set-up and the limits measured at the end of each backend.
+const MEASURED_SHARE: f64 = 0.5;
+
+impl Pace {
+    pub fn new(profile: Profile, budget_s: Option<f64>, cases: usize) -> Self {
+        Pace {
+            profile,
+            deadline: budget_s.map(|s| Instant::now() + std::time::Duration::from_secs_f64(s)),
+            remaining: cases,
+        }
+    }
+
+    /// Seconds of measured runs for the next case, per side (ours, the peer's); `None` once
+    /// the deadline has passed. Counts the case as started.
+    fn next_case(&mut self) -> Option<f64> {
+        let cases = self.remaining.max(1) as f64;
+        self.remaining = self.remaining.saturating_sub(1);
+        let full = self.profile.seconds_per_case();
+        match self.deadline {
+            None => Some(full),
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now()).as_secs_f64();
+                (left > 0.0).then(|| full.min(left * MEASURED_SHARE / (2.0 * cases)))
+            }
+        }
+    }
+}
+
+/// How many timed runs fit `seconds`, given one run's time, within the profile's bounds.
+fn runs_for(profile: Profile, seconds: f64, one_run_s: f64) -> usize {
     let n = if one_run_s > 0.0 {
-        (budget / one_run_s).ceil() as usize
+        (seconds / one_run_s).ceil() as usize
     } else {
         profile.max_runs()
     };
@@ -107,6 +147,7 @@ pub fn run_backend<B: BenchTarget>(
     cases: &[Case],
     threads: usize,
     mut peer: Option<&mut Peer>,
+    pace: &mut Pace,
     progress: &mut Progress,
 ) -> BackendResults {
     let info = b.info();
@@ -117,7 +158,19 @@ pub fn run_backend<B: BenchTarget>(
     let mut out = Vec::with_capacity(cases.len());
     for case in cases {
         progress.start(&info.name, &case.id());
-        let r = run_case(b, sel.profile, case, threads, peer.as_deref_mut());
+        let r = match pace.next_case() {
+            Some(seconds) => run_case(b, sel.profile, seconds, case, threads, peer.as_deref_mut()),
+            None => CaseResult::skipped(
+                case.clone(),
+                case.op_kind()
+                    .zip(case.dtype())
+                    .map_or_else(Default::default, |(op, dt)| {
+                        cases::work(op, dt, &case.problem)
+                    }),
+                Status::OutOfTime,
+                "not run: the --time-budget ran out".to_string(),
+            ),
+        };
         progress.done(&r);
         out.push(r);
     }
@@ -137,11 +190,13 @@ pub fn run_backend<B: BenchTarget>(
     }
 }
 
-/// Run one case: ours (and the peer's, interleaved). Rates are filled in later, by
+/// Run one case: ours (and the peer's, interleaved), each side's measured runs taking about
+/// `seconds` (within the profile's bounds on the number of runs). Rates are filled in later, by
 /// [`CaseResult::apply_limits`].
 pub fn run_case<B: BenchTarget>(
     b: &B,
     profile: Profile,
+    seconds: f64,
     case: &Case,
     threads: usize,
     peer: Option<&mut Peer>,
@@ -173,11 +228,11 @@ pub fn run_case<B: BenchTarget>(
             Ok(t) => warm = warm.min(t),
             Err(e) => return skipped(e),
         }
-        if i == 0 && warm * sets as f64 > profile.seconds_per_case() {
+        if i == 0 && warm * sets as f64 > seconds {
             break;
         }
     }
-    let ours_runs = runs_for(profile, warm);
+    let ours_runs = runs_for(profile, seconds, warm);
 
     // The peer: set up the same case, then alternate rounds with ours.
     let id = case.id();
@@ -189,7 +244,13 @@ pub fn run_case<B: BenchTarget>(
                 p.setup(&id, case, device, threads)
             };
             match setup {
-                Ok((name, warm_s)) => Some((p, name, runs_for(profile, warm_s), Vec::new(), None)),
+                Ok((name, warm_s)) => Some((
+                    p,
+                    name,
+                    runs_for(profile, seconds, warm_s),
+                    Vec::new(),
+                    None,
+                )),
                 Err(e) => Some((p, String::new(), 0, Vec::new(), Some(e))),
             }
         }
@@ -251,9 +312,27 @@ mod tests {
 
     #[test]
     fn run_counts_follow_the_budget() {
-        assert_eq!(runs_for(Profile::Quick, 10.0), Profile::Quick.min_runs());
-        assert_eq!(runs_for(Profile::Quick, 1e-9), Profile::Quick.max_runs());
-        assert_eq!(runs_for(Profile::Quick, 0.06), 10);
+        let s = Profile::Quick.seconds_per_case();
+        assert_eq!(runs_for(Profile::Quick, s, 10.0), Profile::Quick.min_runs());
+        assert_eq!(runs_for(Profile::Quick, s, 1e-9), Profile::Quick.max_runs());
+        assert_eq!(runs_for(Profile::Quick, s, 0.06), 10);
+    }
+
+    #[test]
+    fn a_deadline_shortens_cases_and_then_stops_them() {
+        let mut unbounded = Pace::new(Profile::Standard, None, 3);
+        for _ in 0..5 {
+            assert_eq!(
+                unbounded.next_case(),
+                Some(Profile::Standard.seconds_per_case())
+            );
+        }
+        // 10 s for 100 cases: half of it measured, over two sides: 0.025 s per side.
+        let mut tight = Pace::new(Profile::Standard, Some(10.0), 100);
+        let s = tight.next_case().expect("before the deadline");
+        assert!(s > 0.02 && s <= 0.025, "{s}");
+        let mut spent = Pace::new(Profile::Standard, Some(0.0), 3);
+        assert_eq!(spent.next_case(), None);
     }
 
     #[test]

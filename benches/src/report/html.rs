@@ -75,6 +75,7 @@ pub fn html(res: &Results) -> String {
                 Status::Ok => "ok",
                 Status::Unsupported => "unsupported",
                 Status::Failed => "failed",
+                Status::OutOfTime => "out-of-time",
             };
             let title = r.message.as_deref().map(esc).unwrap_or_default();
             s.push_str(&format!("<tr class=\"{class}\" title=\"{title}\">"));

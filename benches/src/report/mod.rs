@@ -66,6 +66,7 @@ pub fn row(index: usize, r: &CaseResult) -> [String; 12] {
         (Status::Ok, None) => (dash(), dash()),
         (Status::Unsupported, _) => ("unsupported".into(), dash()),
         (Status::Failed, _) => ("FAILED".into(), dash()),
+        (Status::OutOfTime, _) => ("out of time".into(), dash()),
     };
     // The binding ceiling's share is starred.
     let share = |f: Option<f64>, ceiling: &str| match f {
