@@ -15,7 +15,8 @@ use std::process::Command;
 pub const USAGE: &str = "\
 usage: flashneck-bench [options]
 
-  --backend LIST   backends to run, comma-separated: cpu, wgpu, cuda (default: all present)
+  --backend LIST   backends to run, in this order, comma-separated: cpu, wgpu, cuda
+                   (default: all present, in that order)
   --op LIST        ops or families to run, e.g. attention,grkan_forward,gumbel (default: all)
   --dtype LIST     element types: f32, f16, bf16 (default: f32 on the CPU, all on GPUs)
   --smoke          tiny sizes, a few runs (tests)
@@ -90,10 +91,12 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--backend" => {
-                o.backends = list(it.next(), a)?;
-                for b in &o.backends {
+                for b in list(it.next(), a)? {
                     if !["cpu", "wgpu", "cuda"].contains(&b.as_str()) {
                         return Err(format!("unknown backend {b:?} (cpu, wgpu, cuda)"));
+                    }
+                    if !o.backends.contains(&b) {
+                        o.backends.push(b);
                     }
                 }
             }
@@ -272,40 +275,53 @@ fn not_built(name: &str) -> String {
     )
 }
 
-/// The backends present and wanted, and a line for each one left out.
+/// The backends present and wanted, and a line for each one left out. They run in the order
+/// `--backend` names them (so a GPU check can put the backend whose figures matter most first),
+/// else CPU, wgpu, CUDA.
 fn discover(o: &Options) -> (Vec<Found>, Vec<String>) {
-    let wanted = |name: &str| o.backends.is_empty() || o.backends.iter().any(|b| b == name);
+    let default = ["cpu", "wgpu", "cuda"].map(String::from);
+    let order = if o.backends.is_empty() {
+        &default[..]
+    } else {
+        &o.backends[..]
+    };
     let mut found = Vec::new();
     let mut notes = Vec::new();
-    if wanted("cpu") {
-        match flashneck_cpu::CpuBackend::with_threads(o.threads) {
-            Ok(b) => found.push(Found::Cpu(Box::new(b))),
-            Err(e) => notes.push(format!("cpu: {e}")),
-        }
-    }
-    if wanted("wgpu") {
-        #[cfg(feature = "wgpu")]
-        match flashneck_wgpu::WgpuBackend::new() {
-            Ok(b) => found.push(Found::Wgpu(Box::new(b))),
-            Err(e) => notes.push(format!("wgpu: left out: {e}")),
-        }
-        #[cfg(not(feature = "wgpu"))]
-        notes.push(not_built("wgpu"));
-    }
-    if wanted("cuda") {
-        #[cfg(feature = "cuda")]
-        {
-            if flashneck_cuda::CudaBackend::driver_present() {
-                match flashneck_cuda::CudaBackend::new(0) {
-                    Ok(b) => found.push(Found::Cuda(Box::new(b))),
-                    Err(e) => notes.push(format!("cuda: left out: {e}")),
+    for name in order {
+        match name.as_str() {
+            "cpu" => match flashneck_cpu::CpuBackend::with_threads(o.threads) {
+                Ok(b) => found.push(Found::Cpu(Box::new(b))),
+                Err(e) => notes.push(format!("cpu: {e}")),
+            },
+            "wgpu" => {
+                #[cfg(feature = "wgpu")]
+                match flashneck_wgpu::WgpuBackend::new() {
+                    Ok(b) => found.push(Found::Wgpu(Box::new(b))),
+                    Err(e) => notes.push(format!("wgpu: left out: {e}")),
                 }
-            } else {
-                notes.push("cuda: left out: no CUDA driver (libcuda) on this machine".into());
+                #[cfg(not(feature = "wgpu"))]
+                notes.push(not_built("wgpu"));
             }
+            "cuda" => {
+                #[cfg(feature = "cuda")]
+                {
+                    if flashneck_cuda::CudaBackend::driver_present() {
+                        match flashneck_cuda::CudaBackend::new(0) {
+                            Ok(b) => found.push(Found::Cuda(Box::new(b))),
+                            Err(e) => notes.push(format!("cuda: left out: {e}")),
+                        }
+                    } else {
+                        notes.push(
+                            "cuda: left out: no CUDA driver (libcuda) on this machine".into(),
+                        );
+                    }
+                }
+                #[cfg(not(feature = "cuda"))]
+                notes.push(not_built("cuda"));
+            }
+            // `parse` admits only the names above.
+            other => notes.push(format!("{other}: unknown backend")),
         }
-        #[cfg(not(feature = "cuda"))]
-        notes.push(not_built("cuda"));
     }
     (found, notes)
 }
@@ -423,6 +439,10 @@ mod tests {
         assert!(parse(&args("--op nothing")).is_err());
         assert!(parse(&args("--dtype f64")).is_err());
         assert!(parse(&args("--backend tpu")).is_err());
+        assert_eq!(
+            parse(&args("--backend cuda,wgpu,cuda")).unwrap().backends,
+            ["cuda", "wgpu"]
+        );
         assert!(parse(&args("--threads 0")).is_err());
         assert_eq!(
             parse(&args("--time-budget 150")).unwrap().time_budget,

@@ -70,6 +70,20 @@ pub fn run(args: &[String]) -> Result<(), String> {
         Err(e) => Some(e.clone()),
     };
 
+    // The Vulkan loader, so that the wgpu backend can run on the GPU machine beside CUDA (its
+    // container has NVIDIA's Vulkan driver at best, rarely the loader); run.sh finds the ICD.
+    match vulkan_loader() {
+        Some(lib) => {
+            let dir = out.join("vulkan");
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            std::fs::copy(&lib, dir.join("libvulkan.so.1"))
+                .map_err(|e| format!("{}: {e}", lib.display()))?;
+        }
+        None => eprintln!(
+            "warning: no libvulkan.so.1 here (Debian: libvulkan1): the bundle cannot run wgpu"
+        ),
+    }
+
     for entry in std::fs::read_dir(root.join("gpu")).map_err(|e| format!("gpu/: {e}"))? {
         let path = entry.map_err(|e| e.to_string())?.path();
         let keep = path.extension().is_some_and(|x| x == "sh" || x == "py");
@@ -85,6 +99,15 @@ pub fn run(args: &[String]) -> Result<(), String> {
             "the bundle has no flashneck-bench (run.sh will skip the benches): {e}"
         )),
     }
+}
+
+/// This machine's Vulkan loader (symbolic links resolved), if any.
+fn vulkan_loader() -> Option<PathBuf> {
+    ["/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib"]
+        .iter()
+        .map(|d| Path::new(d).join("libvulkan.so.1"))
+        .find(|p| p.exists())
+        .and_then(|p| p.canonicalize().ok())
 }
 
 /// Run cargo with `args` and JSON messages; the executable of the artifact named `target`.
