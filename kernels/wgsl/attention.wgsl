@@ -6,6 +6,16 @@
 // (at most 64 per thread, since D, Dv <= 256). Head dims are streamed through workgroup memory
 // in chunks of 64, so any D, Dv <= 256 fits in the same 10 KiB of workgroup memory.
 //
+// Passes: lavapipe (llvmpipe) silently stops a workgroup short once it has run about a
+// thousand workgroup barriers in these loops (measured: ~970 fail, ~850 pass; docs/wgpu.md).
+// So the host bounds the barriers per workgroup: each kernel's loop over tiles (key tiles for
+// the forward and dQ, query tiles of the GQA group for dK/dV) is cut into passes of at most
+// `tile_end - tile_begin` tiles, one dispatch each, in order. A pass restores the loop's state
+// (the running max, sum and output accumulators; the dQ or dK/dV accumulators) from `state`,
+// runs its tiles, and saves the state again; the last pass writes the outputs instead. The
+// state is f32 and the tiles run in the same order as in a single pass, so the arithmetic is
+// the single pass's: no extra rounding, no reassociation, no atomics (deterministic).
+//
 // Key tiles come from 64-key blocks: every block up to the last visible one (dense), or the
 // blocks a BlockLayout selects (sparse). Element masking (keys >= Lk, causal bottom-right
 // alignment) applies inside every tile. Masked scores are carried as a finite sentinel rather
@@ -18,24 +28,27 @@ const CH: u32 = 64u;       // head-dim chunk staged in workgroup memory
 const WG: u32 = 64u;       // threads per workgroup
 const MASKED: f32 = -3.0e38;
 
-@group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k: array<f32>;
-@group(0) @binding(3) var<storage, read> v: array<f32>;
-@group(0) @binding(4) var<storage, read_write> o_out: array<f32>;
+@group(0) @binding(1) var<storage, read> q: array<elem>;
+@group(0) @binding(2) var<storage, read> k: array<elem>;
+@group(0) @binding(3) var<storage, read> v: array<elem>;
+@group(0) @binding(4) var<storage, read_write> o_out: array<elem>;
 @group(0) @binding(5) var<storage, read_write> lse_out: array<f32>;
 @group(0) @binding(6) var<storage, read> counts: array<u32>;
 @group(0) @binding(7) var<storage, read> indices: array<u32>;
 @group(0) @binding(8) var<storage, read> rho: array<f32>;
-@group(0) @binding(9) var<storage, read> residual: array<f32>;
-@group(0) @binding(10) var<storage, read> o_in: array<f32>;
-@group(0) @binding(11) var<storage, read> d_o: array<f32>;
+@group(0) @binding(9) var<storage, read> residual: array<elem>;
+@group(0) @binding(10) var<storage, read> o_in: array<elem>;
+@group(0) @binding(11) var<storage, read> d_o: array<elem>;
 @group(0) @binding(12) var<storage, read> lse_in: array<f32>;
 @group(0) @binding(13) var<storage, read_write> delta: array<f32>;
-@group(0) @binding(14) var<storage, read_write> dq: array<f32>;
-@group(0) @binding(15) var<storage, read_write> dk: array<f32>;
-@group(0) @binding(16) var<storage, read_write> dv: array<f32>;
+@group(0) @binding(14) var<storage, read_write> dq: array<elem>;
+@group(0) @binding(15) var<storage, read_write> dk: array<elem>;
+@group(0) @binding(16) var<storage, read_write> dv: array<elem>;
 @group(0) @binding(17) var<storage, read> counts_t: array<u32>;
 @group(0) @binding(18) var<storage, read> indices_t: array<u32>;
+// The loop state carried between passes, per row (forward: m, sum, acc[Dv]; dQ: acc[D]) or per
+// key (dK/dV: acc_k[D], acc_v[Dv]).
+@group(0) @binding(19) var<storage, read_write> state: array<f32>;
 
 var<workgroup> tile_a: array<array<f32, CH>, T>;
 var<workgroup> tile_b: array<array<f32, CH>, T>;
@@ -50,10 +63,10 @@ const SRC_DO: u32 = 3u;
 
 fn load(src: u32, i: u32) -> f32 {
     switch src {
-        case 0u: { return q[i]; }
-        case 1u: { return k[i]; }
-        case 2u: { return v[i]; }
-        default: { return d_o[i]; }
+        case 0u: { return f32(q[i]); }
+        case 1u: { return f32(k[i]); }
+        case 2u: { return f32(v[i]); }
+        default: { return f32(d_o[i]); }
     }
 }
 
@@ -201,6 +214,11 @@ struct QueryTile {
     last_row: u32,
 }
 
+// Whether tile `it` (counted in loop order) belongs to this pass.
+fn in_pass(it: u32) -> bool {
+    return it >= p.tile_begin && it < p.tile_end;
+}
+
 // Query tiles per head.
 fn query_tiles() -> u32 {
     return (p.len_q + T - 1u) / T;
@@ -228,17 +246,32 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     let l = t % 4u;
     let i = tile.i0 + r;
 
+    let row = tile.bh * p.len_q + i;
+    let st = row * (p.head_dim_v + 2u); // this row's state: m, sum, acc
+
     var m = MASKED;       // running max of the row's visible scores
     var sum = 0.0;        // running Σ exp(s − m)
     var acc: array<f32, 64>; // output columns l + 4e, e < 64
     for (var e = 0u; e < 64u; e++) {
         acc[e] = 0.0;
     }
+    if (p.tile_begin > 0u && i < p.len_q) {
+        m = state[st];
+        sum = state[st + 1u];
+        for (var col = l; col < p.head_dim_v; col += 4u) {
+            acc[col / 4u] = state[st + 2u + col];
+        }
+    }
     let n_blocks = key_block_count(tile.bh, tile.qb, tile.last_row);
     let vis_end = visible_keys(tile.last_row);
+    var it = 0u;
     for (var n = 0u; n < n_blocks; n++) {
         let kb = key_block(tile.bh, tile.qb, n);
         for (var j0 = kb * BLOCK; j0 < min(kb * BLOCK + BLOCK, vis_end); j0 += T) {
+            it++;
+            if (!in_pass(it - 1u)) {
+                continue;
+            }
             let s = row_scores(tile.bh, tile.bkv, tile.i0, j0, t);
             tile_s[r][4u * l] = s.x;
             tile_s[r][4u * l + 1u] = s.y;
@@ -276,7 +309,16 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     if (i >= p.len_q) {
         return;
     }
-    let row = tile.bh * p.len_q + i;
+    if (p.last_pass == 0u) {
+        if (l == 0u) {
+            state[st] = m;
+            state[st + 1u] = sum;
+        }
+        for (var col = l; col < p.head_dim_v; col += 4u) {
+            state[st + 2u + col] = acc[col / 4u];
+        }
+        return;
+    }
     if (l == 0u) {
         lse_out[row] = select(m + log(sum), neg_inf(), sum == 0.0);
     }
@@ -288,9 +330,9 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     for (var col = l; col < p.head_dim_v; col += 4u) {
         var out = acc[col / 4u] * inv * scale_row;
         if (p.has_residual == 1u) {
-            out += residual[row * p.head_dim_v + col];
+            out += f32(residual[row * p.head_dim_v + col]);
         }
-        o_out[row * p.head_dim_v + col] = narrow(out);
+        o_out[row * p.head_dim_v + col] = to_elem(out);
     }
 }
 
@@ -307,7 +349,7 @@ fn attention_backward_delta(@builtin(workgroup_id) wg: vec3<u32>,
     }
     var s = 0.0;
     for (var c = 0u; c < p.head_dim_v; c++) {
-        s += d_o[row * p.head_dim_v + c] * o_in[row * p.head_dim_v + c];
+        s += f32(d_o[row * p.head_dim_v + c]) * f32(o_in[row * p.head_dim_v + c]);
     }
     delta[row] = s;
 }
@@ -352,15 +394,27 @@ fn attention_backward_dq(@builtin(workgroup_id) wg: vec3<u32>,
     let tile = query_tile(w);
     let r = t / 4u;
     let l = t % 4u;
+    let i = tile.i0 + r;
+    let row = tile.bh * p.len_q + i;
     var acc: array<f32, 64>;
     for (var e = 0u; e < 64u; e++) {
         acc[e] = 0.0;
     }
+    if (p.tile_begin > 0u && i < p.len_q) {
+        for (var col = l; col < p.head_dim; col += 4u) {
+            acc[col / 4u] = state[row * p.head_dim + col];
+        }
+    }
     let n_blocks = key_block_count(tile.bh, tile.qb, tile.last_row);
     let vis_end = visible_keys(tile.last_row);
+    var it = 0u;
     for (var n = 0u; n < n_blocks; n++) {
         let kb = key_block(tile.bh, tile.qb, n);
         for (var j0 = kb * BLOCK; j0 < min(kb * BLOCK + BLOCK, vis_end); j0 += T) {
+            it++;
+            if (!in_pass(it - 1u)) {
+                continue;
+            }
             let pr = row_p(tile.bh, tile.bkv, tile.i0, j0, t);
             let ds = row_ds(tile.bh, tile.bkv, tile.i0, j0, t, pr);
             for (var c = 0u; c < 4u; c++) {
@@ -372,13 +426,15 @@ fn attention_backward_dq(@builtin(workgroup_id) wg: vec3<u32>,
                             p.len_k, p.head_dim, t);
         }
     }
-    let i = tile.i0 + r;
     if (i >= p.len_q) {
         return;
     }
-    let row = tile.bh * p.len_q + i;
     for (var col = l; col < p.head_dim; col += 4u) {
-        dq[row * p.head_dim + col] = narrow(p.scale * acc[col / 4u]);
+        if (p.last_pass == 0u) {
+            state[row * p.head_dim + col] = acc[col / 4u];
+        } else {
+            dq[row * p.head_dim + col] = to_elem(p.scale * acc[col / 4u]);
+        }
     }
 }
 
@@ -401,12 +457,24 @@ fn attention_backward_dkdv(@builtin(workgroup_id) wg: vec3<u32>,
     // Thread t owns key j0 + t / 4 and output columns t % 4 + 4e.
     let jr = t / 4u;
     let l = t % 4u;
+    let j = j0 + jr;
+    let key = bkv * p.len_k + j;
+    let st = key * (p.head_dim + p.head_dim_v); // this key's state: acc_k, acc_v
     var acc_k: array<f32, 64>;
     var acc_v: array<f32, 64>;
     for (var e = 0u; e < 64u; e++) {
         acc_k[e] = 0.0;
         acc_v[e] = 0.0;
     }
+    if (p.tile_begin > 0u && j < p.len_k) {
+        for (var col = l; col < p.head_dim; col += 4u) {
+            acc_k[col / 4u] = state[st + col];
+        }
+        for (var col = l; col < p.head_dim_v; col += 4u) {
+            acc_v[col / 4u] = state[st + p.head_dim + col];
+        }
+    }
+    var it = 0u;
     for (var g = 0u; g < p.group; g++) {
         let bh = b * p.heads_q + hkv * p.group + g;
         let n_blocks = query_block_count(bh, kb);
@@ -415,6 +483,10 @@ fn attention_backward_dkdv(@builtin(workgroup_id) wg: vec3<u32>,
             for (var i0 = qb * BLOCK; i0 < min(qb * BLOCK + BLOCK, p.len_q); i0 += T) {
                 // Skip query tiles that see none of these keys (causal).
                 if (visible_keys(min(i0 + T, p.len_q) - 1u) <= j0) {
+                    continue;
+                }
+                it++;
+                if (!in_pass(it - 1u)) {
                     continue;
                 }
                 // Rows = queries here: thread t computes query row t / 4, keys 4 (t % 4)...
@@ -436,15 +508,22 @@ fn attention_backward_dkdv(@builtin(workgroup_id) wg: vec3<u32>,
             }
         }
     }
-    let j = j0 + jr;
     if (j >= p.len_k) {
         return;
     }
-    let key = bkv * p.len_k + j;
+    if (p.last_pass == 0u) {
+        for (var col = l; col < p.head_dim; col += 4u) {
+            state[st + col] = acc_k[col / 4u];
+        }
+        for (var col = l; col < p.head_dim_v; col += 4u) {
+            state[st + p.head_dim + col] = acc_v[col / 4u];
+        }
+        return;
+    }
     for (var col = l; col < p.head_dim; col += 4u) {
-        dk[key * p.head_dim + col] = narrow(p.scale * acc_k[col / 4u]);
+        dk[key * p.head_dim + col] = to_elem(p.scale * acc_k[col / 4u]);
     }
     for (var col = l; col < p.head_dim_v; col += 4u) {
-        dv[key * p.head_dim_v + col] = narrow(acc_v[col / 4u]);
+        dv[key * p.head_dim_v + col] = to_elem(acc_v[col / 4u]);
     }
 }

@@ -24,6 +24,13 @@ struct Params {
     keep: u32,
     sink: u32,
     local: u32,
+    // attention.wgsl only: this pass runs the tiles tile_begin .. tile_end of each workgroup's
+    // loop (counted in loop order); the first pass starts fresh, the others resume from the
+    // carried state, and only the last pass (last_pass = 1) writes the outputs. See
+    // attention.wgsl's header.
+    tile_begin: u32,
+    tile_end: u32,
+    last_pass: u32,
 }
 
 const BLOCK: u32 = 64u; // layout block edge

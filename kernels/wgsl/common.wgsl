@@ -1,8 +1,9 @@
-// Shared by every flashneck kernel: the host prepends this file to each shader's source.
-//
-// Tensors of every element type live on the device as f32 (f16 and bf16 are widened on upload
-// and narrowed on download, see docs/wgpu.md). A kernel rounds each element it stores to the
-// op's element type with `narrow`, so that a device buffer only ever holds values of that type.
+// Shared by every flashneck kernel: the host prepends this file to each shader's source, after
+// a prelude that declares `elem`, the storage type of the op's tensors (src/shaders.rs):
+// `f32` for f32 and bf16 tensors (bf16 widened on upload, narrowed on download) and for f16
+// ones on adapters without SHADER_F16; `f16` (with `enable f16;`) for f16 tensors where the
+// adapter has it. Kernels load `f32(x[i])`, compute in f32, and store `to_elem(v)`, which rounds
+// to the op's element type first, so a device buffer only ever holds values of that type.
 
 // Element type of the op's tensors, fixed per pipeline: 0 = f32, 1 = f16, 2 = bf16.
 override DTYPE: u32 = 0u;
@@ -47,6 +48,12 @@ fn narrow(v: f32) -> f32 {
         return narrow_bf16(v);
     }
     return v;
+}
+
+// A value as stored in a tensor of the op: rounded to the op's element type (ties to even,
+// overflow to ±inf, NaN kept), then converted to the storage type (exact after the rounding).
+fn to_elem(v: f32) -> elem {
+    return elem(narrow(v));
 }
 
 // The linear index of a workgroup in a 2-D grid (the host folds long 1-D grids into 2-D ones

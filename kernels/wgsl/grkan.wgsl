@@ -23,12 +23,12 @@ const WG: u32 = 256u;
 const MAX_COEFS: u32 = 15u;
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<elem>;
 @group(0) @binding(2) var<storage, read> a: array<f32>;
 @group(0) @binding(3) var<storage, read> b: array<f32>;
-@group(0) @binding(4) var<storage, read> dy: array<f32>;
+@group(0) @binding(4) var<storage, read> dy: array<elem>;
 // y (forward) or dx (backward).
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out: array<elem>;
 // [tiles, groups, (M + 1) + N] per-tile sums of the coefficient gradients.
 @group(0) @binding(6) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(7) var<storage, read_write> da: array<f32>;
@@ -79,14 +79,15 @@ fn grkan_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
         return;
     }
     let g = (e % p.channels) / p.group_width;
-    let r = rational(g, x[e]);
-    out[e] = narrow(r.num / r.q);
+    let r = rational(g, f32(x[e]));
+    out[e] = to_elem(r.num / r.q);
 }
 
 @compute @workgroup_size(256)
 fn grkan_backward_partials(@builtin(workgroup_id) wg: vec3<u32>,
                            @builtin(num_workgroups) nwg: vec3<u32>,
-                           @builtin(local_invocation_index) lid: u32) {
+                           lane: Lane) {
+    let lid = lane.lid;
     let w = flat_workgroup(wg, nwg);
     if (w >= p.tiles * p.groups) {
         return;
@@ -105,12 +106,12 @@ fn grkan_backward_partials(@builtin(workgroup_id) wg: vec3<u32>,
     }
     for (var t = lid; t < count; t += WG) {
         let e = (row0 + t / p.group_width) * p.channels + g * p.group_width + t % p.group_width;
-        let xv = x[e];
-        let g_out = dy[e];
+        let xv = f32(x[e]);
+        let g_out = f32(dy[e]);
         let r = rational(g, xv);
         let inv_q = 1.0 / r.q;
         let dq = sgn(xv) * r.dq_abs;
-        out[e] = narrow(g_out * (r.dnum * inv_q - r.num * dq * inv_q * inv_q));
+        out[e] = to_elem(g_out * (r.dnum * inv_q - r.num * dq * inv_q * inv_q));
         // da_i += dy · x^i / Q
         var xi = 1.0;
         for (var i = 0u; i <= m; i++) {
@@ -126,9 +127,10 @@ fn grkan_backward_partials(@builtin(workgroup_id) wg: vec3<u32>,
             axj *= ax;
         }
     }
-    // Tree-reduce each coefficient over the workgroup (reduce.wgsl), in a fixed pattern.
+    // Reduce each coefficient over the workgroup (reduce.wgsl or reduce_subgroup.wgsl), in a
+    // fixed pattern.
     for (var k = 0u; k < ncoef; k++) {
-        let total = reduce_sum(lid, acc[k]);
+        let total = reduce_sum(lane, acc[k]);
         if (lid == 0u) {
             partials[w * ncoef + k] = total;
         }

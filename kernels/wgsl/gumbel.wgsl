@@ -14,7 +14,6 @@ struct Params {
     offset_lo: u32,
     offset_hi: u32,
     hard: u32,       // 1: y is the one-hot argmax
-    has_y_soft: u32, // 1: write y_soft
     inv_tau: f32,
     elements: u32,   // gumbel_noise: elements to draw
 }
@@ -22,16 +21,19 @@ struct Params {
 const WG: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> logits: array<f32>;
-// Forward: y. Backward: dlogits. Noise: g.
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> logits: array<elem>;
+// Forward: y. Backward: dlogits. Noise: g (an f32 pipeline, so elem = f32).
+@group(0) @binding(2) var<storage, read_write> out: array<elem>;
+// Forward: y_soft, and the f32 work row of the passes before it (the host binds a scratch
+// buffer when the caller wants no y_soft), so that `out` is only written once, rounded.
 @group(0) @binding(3) var<storage, read_write> y_soft: array<f32>;
 @group(0) @binding(4) var<storage, read> y_soft_in: array<f32>;
-@group(0) @binding(5) var<storage, read> dy: array<f32>;
+@group(0) @binding(5) var<storage, read> dy: array<elem>;
 // philox_words: counter (4 words) and key (2 words) in, 4 words out.
 @group(0) @binding(6) var<storage, read_write> words: array<u32>;
 
-// `red`, reduce_max and reduce_sum come from reduce.wgsl; reduce_argmax also needs indices.
+// `Lane`, `red`, reduce_max and reduce_sum come from reduce.wgsl (or reduce_subgroup.wgsl);
+// reduce_argmax, a workgroup tree in both variants, also needs indices.
 var<workgroup> red_idx: array<u32, WG>;
 
 // The high half of the 64-bit product a · b, from 16-bit limbs (WGSL has no 64-bit integers).
@@ -120,12 +122,12 @@ fn reduce_argmax(lid: u32, v: f32, i: u32) -> u32 {
 // the workgroup entry points stride by WG from their thread, the `_rows` ones walk the whole
 // row (k0 = 0, stride = 1). Each returns this thread's part of what the next step reduces.
 
-// Forward pass 1: s = logits + g, kept in `out` (an f32 buffer) until the last pass; the max.
+// Forward pass 1: s = logits + g, kept in `y_soft` (f32) until the last pass; the max.
 fn perturb(base: u32, k0: u32, stride: u32) -> f32 {
     var m = -3.4028235e38;
     for (var k = k0; k < p.classes; k += stride) {
-        let s = logits[base + k] + gumbel_noise_at(base + k);
-        out[base + k] = s;
+        let s = f32(logits[base + k]) + gumbel_noise_at(base + k);
+        y_soft[base + k] = s;
         m = max(m, s);
     }
     return m;
@@ -135,8 +137,8 @@ fn perturb(base: u32, k0: u32, stride: u32) -> f32 {
 fn exponentiate(base: u32, k0: u32, stride: u32, m: f32) -> f32 {
     var sum = 0.0;
     for (var k = k0; k < p.classes; k += stride) {
-        let e = exp((out[base + k] - m) * p.inv_tau);
-        out[base + k] = e;
+        let e = exp((y_soft[base + k] - m) * p.inv_tau);
+        y_soft[base + k] = e;
         sum += e;
     }
     return sum;
@@ -148,18 +150,16 @@ struct Best {
     index: u32,
 }
 
-// Forward pass 3: normalise (y_soft if asked, y narrowed); track the argmax for the hard sample.
+// Forward pass 3: normalise (y_soft, y rounded); track the argmax for the hard sample.
 fn normalise(base: u32, k0: u32, stride: u32, inv_sum: f32) -> Best {
     var best = Best(-1.0, 0xffffffffu);
     for (var k = k0; k < p.classes; k += stride) {
-        let ys = out[base + k] * inv_sum;
-        if (p.has_y_soft == 1u) {
-            y_soft[base + k] = ys;
-        }
+        let ys = y_soft[base + k] * inv_sum;
+        y_soft[base + k] = ys;
         if (ys > best.value) {
             best = Best(ys, k);
         }
-        out[base + k] = narrow(ys);
+        out[base + k] = to_elem(ys);
     }
     return best;
 }
@@ -167,7 +167,7 @@ fn normalise(base: u32, k0: u32, stride: u32, inv_sum: f32) -> Best {
 // Hard forward: y = one_hot(arg).
 fn write_one_hot(base: u32, k0: u32, stride: u32, arg: u32) {
     for (var k = k0; k < p.classes; k += stride) {
-        out[base + k] = select(0.0, 1.0, k == arg);
+        out[base + k] = to_elem(select(0.0, 1.0, k == arg));
     }
 }
 
@@ -175,7 +175,7 @@ fn write_one_hot(base: u32, k0: u32, stride: u32, arg: u32) {
 fn dot_y_soft_dy(base: u32, k0: u32, stride: u32) -> f32 {
     var dot = 0.0;
     for (var k = k0; k < p.classes; k += stride) {
-        dot += y_soft_in[base + k] * dy[base + k];
+        dot += y_soft_in[base + k] * f32(dy[base + k]);
     }
     return dot;
 }
@@ -183,20 +183,21 @@ fn dot_y_soft_dy(base: u32, k0: u32, stride: u32) -> f32 {
 // Backward pass 2: dlogits = y_soft (dy − dot) / tau.
 fn write_dlogits(base: u32, k0: u32, stride: u32, dot: f32) {
     for (var k = k0; k < p.classes; k += stride) {
-        out[base + k] = narrow(p.inv_tau * y_soft_in[base + k] * (dy[base + k] - dot));
+        out[base + k] = to_elem(p.inv_tau * y_soft_in[base + k] * (f32(dy[base + k]) - dot));
     }
 }
 
 @compute @workgroup_size(64)
 fn gumbel_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                  @builtin(local_invocation_index) lid: u32) {
+                  lane: Lane) {
+    let lid = lane.lid;
     let row = flat_workgroup(wg, nwg);
     if (row >= p.rows) {
         return;
     }
     let base = row * p.classes;
-    let m = reduce_max(lid, perturb(base, lid, WG));
-    let inv_sum = 1.0 / reduce_sum(lid, exponentiate(base, lid, WG, m));
+    let m = reduce_max(lane, perturb(base, lid, WG));
+    let inv_sum = 1.0 / reduce_sum(lane, exponentiate(base, lid, WG, m));
     let best = normalise(base, lid, WG, inv_sum);
     if (p.hard == 1u) {
         write_one_hot(base, lid, WG, reduce_argmax(lid, best.value, best.index));
@@ -205,13 +206,14 @@ fn gumbel_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
 
 @compute @workgroup_size(64)
 fn gumbel_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                   @builtin(local_invocation_index) lid: u32) {
+                   lane: Lane) {
+    let lid = lane.lid;
     let row = flat_workgroup(wg, nwg);
     if (row >= p.rows) {
         return;
     }
     let base = row * p.classes;
-    write_dlogits(base, lid, WG, reduce_sum(lid, dot_y_soft_dy(base, lid, WG)));
+    write_dlogits(base, lid, WG, reduce_sum(lane, dot_y_soft_dy(base, lid, WG)));
 }
 
 // Short rows (K <= 64, host's choice): one thread per row, no workgroup reductions, so that
@@ -250,7 +252,7 @@ fn gumbel_noise(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
                 @builtin(local_invocation_index) lid: u32) {
     let n = flat_workgroup(wg, nwg) * WG + lid;
     if (n < p.elements) {
-        out[n] = gumbel_noise_at(n);
+        out[n] = elem(gumbel_noise_at(n));
     }
 }
 

@@ -9,11 +9,14 @@ use crate::device::{Bind, Launch};
 use crate::shaders::Shader;
 use crate::{BACKEND, WgpuBackend, WgpuBuffer};
 use flashneck_core::{
-    AttentionParams, Backend, BlockLayout, DType, DeviceLayout, Error, Result, TopkParams,
+    AttentionParams, AttentionShape, Backend, BlockLayout, DType, DeviceLayout, Error, Result,
+    TopkParams,
 };
 
 /// Tile edge of the attention kernels (query rows and keys per tile).
 const TILE: usize = 16;
+/// Head-dim chunk the kernels stage in workgroup memory (`CH` in attention.wgsl).
+const CH: usize = 64;
 /// Key blocks topk.wgsl's per-thread bitset holds (64 words of 32 bits): len_k <= 131072.
 const MAX_TOPK_KEY_BLOCKS: usize = 2048;
 /// Threads per workgroup of the row-wise kernels.
@@ -44,6 +47,10 @@ struct Params {
     keep: u32,
     sink: u32,
     local: u32,
+    // attention.wgsl only: the pass (see `passes`).
+    tile_begin: u32,
+    tile_end: u32,
+    last_pass: u32,
 }
 
 impl Params {
@@ -66,6 +73,89 @@ impl Params {
             ..Params::default()
         }
     }
+}
+
+/// Workgroup barriers one workgroup may run in one dispatch. lavapipe (llvmpipe) stops a
+/// workgroup of these kernels short, with no error, once it has run about a thousand barriers
+/// (measured on Mesa 22.3.6: ~970 fail, ~850 pass; `tests/lavapipe_long_workgroups.rs`), so the
+/// loops are cut into passes of at most this many, with a margin of more than 3x.
+pub(crate) const MAX_BARRIERS_PER_PASS: u32 = 256;
+
+/// Which loop of attention.wgsl a launch runs (they differ in barriers per tile).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Loop {
+    /// `attention_forward`: per key tile, S = Q·Kᵀ (2 barriers per 64-wide chunk of D), the
+    /// scores' store (1), P·V (2 per chunk of Dv).
+    Forward,
+    /// `attention_backward_dq`: per key tile, S (2 per chunk of D), dP (2 per chunk of Dv), the
+    /// store of dS (1), dS·K (2 per chunk of D).
+    Dq,
+    /// `attention_backward_dkdv`: per query tile, S and dS·Q (4 per chunk of D), dP and P·dO
+    /// (4 per chunk of Dv), the stores of P and dS (1).
+    DkDv,
+}
+
+impl Loop {
+    /// Barriers one tile of the loop runs for head dims `d`, `dv`.
+    pub(crate) fn barriers_per_tile(self, d: usize, dv: usize) -> u32 {
+        let (cd, cdv) = (d.div_ceil(CH) as u32, dv.div_ceil(CH) as u32);
+        match self {
+            Loop::Forward => 2 * cd + 1 + 2 * cdv,
+            Loop::Dq => 4 * cd + 2 * cdv + 1,
+            Loop::DkDv => 4 * cd + 4 * cdv + 1,
+        }
+    }
+
+    /// At most how many tiles one workgroup's loop runs: key tiles for the forward and dQ
+    /// (a layout selects a subset of them), query tiles of the whole GQA group for dK/dV.
+    pub(crate) fn max_tiles(self, s: &AttentionShape) -> usize {
+        match self {
+            Loop::Forward | Loop::Dq => s.len_k.div_ceil(TILE),
+            Loop::DkDv => s.group_size() * s.len_q.div_ceil(TILE),
+        }
+    }
+}
+
+/// The passes `(tile_begin, tile_end)` that cut `lp`'s loop so that no workgroup runs more
+/// than [`MAX_BARRIERS_PER_PASS`] barriers in one dispatch: one pass (`(0, u32::MAX)`) when the
+/// whole loop fits.
+pub(crate) fn passes(lp: Loop, s: &AttentionShape) -> Vec<(u32, u32)> {
+    let per_pass =
+        (MAX_BARRIERS_PER_PASS / lp.barriers_per_tile(s.head_dim, s.head_dim_v)).max(1) as usize;
+    let tiles = lp.max_tiles(s);
+    if tiles <= per_pass {
+        return vec![(0, u32::MAX)];
+    }
+    (0..tiles.div_ceil(per_pass))
+        .map(|k| {
+            let end = if (k + 1) * per_pass >= tiles {
+                u32::MAX
+            } else {
+                ((k + 1) * per_pass) as u32
+            };
+            ((k * per_pass) as u32, end)
+        })
+        .collect()
+}
+
+/// The parameter blocks of `passes` (the last one writes the outputs).
+fn pass_params(prm: Params, passes: &[(u32, u32)]) -> Vec<Params> {
+    passes
+        .iter()
+        .enumerate()
+        .map(|(n, &(tile_begin, tile_end))| Params {
+            tile_begin,
+            tile_end,
+            last_pass: u32::from(n + 1 == passes.len()),
+            ..prm
+        })
+        .collect()
+}
+
+/// The loop state carried between passes (`state` in attention.wgsl): `len` f32 when there
+/// are several passes, else one word (bound read-write, so not the read-only stand-in).
+fn state_buffer(be: &WgpuBackend, passes: &[(u32, u32)], len: usize) -> Result<wgpu::Buffer> {
+    be.alloc_scratch(if passes.len() > 1 { len } else { 1 })
 }
 
 /// What the forward binds besides Q, K, V, O and LSE.
@@ -105,26 +195,35 @@ pub(crate) fn forward<T>(
     };
     prm.has_rho = u32::from(x.row_scale.is_some());
     prm.has_residual = u32::from(x.residual.is_some());
-    be.run(&[Launch {
-        shader: Shader::Attention,
-        entry: "attention_forward",
-        dtype,
-        params: bytemuck::bytes_of(&prm),
-        binds: &[
-            (1, Bind::Read(q.raw())),
-            (2, Bind::Read(k.raw())),
-            (3, Bind::Read(v.raw())),
-            (4, Bind::Write(o.raw())),
-            (5, Bind::Write(lse.raw())),
-            (6, Bind::Read(counts)),
-            (7, Bind::Read(indices)),
-            (8, Bind::Read(x.row_scale.map_or(&stand_in, |b| b.raw()))),
-            (9, Bind::Read(x.residual.unwrap_or(&stand_in))),
-            // dO is unused here, but the shared `load` helper names it.
-            (11, Bind::Read(&stand_in)),
-        ],
-        workgroups: s.batch as u64 * tiles(s.heads_q, s.len_q),
-    }])
+    let passes = passes(Loop::Forward, s);
+    let state = state_buffer(be, &passes, s.lse_len() * (s.head_dim_v + 2))?;
+    let binds = [
+        (1, Bind::Read(q.raw())),
+        (2, Bind::Read(k.raw())),
+        (3, Bind::Read(v.raw())),
+        (4, Bind::Write(o.raw())),
+        (5, Bind::Write(lse.raw())),
+        (6, Bind::Read(counts)),
+        (7, Bind::Read(indices)),
+        (8, Bind::Read(x.row_scale.map_or(&stand_in, |b| b.raw()))),
+        (9, Bind::Read(x.residual.unwrap_or(&stand_in))),
+        // dO is unused here, but the shared `load` helper names it.
+        (11, Bind::Read(&stand_in)),
+        (19, Bind::Write(&state)),
+    ];
+    let params = pass_params(prm, &passes);
+    let launches: Vec<Launch<'_>> = params
+        .iter()
+        .map(|prm| Launch {
+            shader: Shader::Attention,
+            entry: "attention_forward",
+            dtype,
+            params: bytemuck::bytes_of(prm),
+            binds: &binds,
+            workgroups: s.batch as u64 * tiles(s.heads_q, s.len_q),
+        })
+        .collect();
+    be.run(&launches)
 }
 
 /// The backward's inputs and outputs.
@@ -140,7 +239,8 @@ pub(crate) struct Grads<'a, T> {
     pub dv: &'a WgpuBuffer<T>,
 }
 
-/// Δ, then dQ per query tile, then dK/dV per key tile (three launches, one submission).
+/// Δ, then dQ per query tile, then dK/dV per key tile (one submission: Δ, then the passes of
+/// dQ, then those of dK/dV).
 pub(crate) fn backward<T>(
     be: &WgpuBackend,
     p: &AttentionParams,
@@ -166,7 +266,14 @@ pub(crate) fn backward<T>(
         }
         None => (&stand_in, &stand_in, &stand_in, &stand_in),
     };
-    let params = bytemuck::bytes_of(&prm);
+    let dq_passes = passes(Loop::Dq, s);
+    let dkdv_passes = passes(Loop::DkDv, s);
+    let dq_state = state_buffer(be, &dq_passes, s.q_len())?;
+    let dkdv_state = state_buffer(
+        be,
+        &dkdv_passes,
+        s.batch * s.heads_kv * s.len_k * (s.head_dim + s.head_dim_v),
+    )?;
     let binds_delta = [
         (10, Bind::Read(g.o.raw())),
         (11, Bind::Read(g.d_o.raw())),
@@ -185,6 +292,7 @@ pub(crate) fn backward<T>(
         (6, Bind::Read(counts)),
         (7, Bind::Read(indices)),
         (14, Bind::Write(g.dq.raw())),
+        (19, Bind::Write(&dq_state)),
     ]);
     let mut binds_dkdv = inputs.to_vec();
     binds_dkdv.extend([
@@ -192,32 +300,42 @@ pub(crate) fn backward<T>(
         (18, Bind::Read(indices_t)),
         (15, Bind::Write(g.dk.raw())),
         (16, Bind::Write(g.dv.raw())),
+        (19, Bind::Write(&dkdv_state)),
     ]);
-    let launch = |entry, binds, workgroups| Launch {
-        shader: Shader::Attention,
-        entry,
-        dtype,
-        params,
-        binds,
-        workgroups,
-    };
-    be.run(&[
-        launch(
+    let delta_params = [prm];
+    let dq_params = pass_params(prm, &dq_passes);
+    let dkdv_params = pass_params(prm, &dkdv_passes);
+    let mut launches = Vec::new();
+    for (entry, params, binds, workgroups) in [
+        (
             "attention_backward_delta",
-            &binds_delta,
+            &delta_params[..],
+            &binds_delta[..],
             (s.lse_len() as u64).div_ceil(WG),
         ),
-        launch(
+        (
             "attention_backward_dq",
+            &dq_params,
             &binds_dq,
             s.batch as u64 * tiles(s.heads_q, s.len_q),
         ),
-        launch(
+        (
             "attention_backward_dkdv",
+            &dkdv_params,
             &binds_dkdv,
             s.batch as u64 * tiles(s.heads_kv, s.len_k),
         ),
-    ])
+    ] {
+        launches.extend(params.iter().map(|prm| Launch {
+            shader: Shader::Attention,
+            entry,
+            dtype,
+            params: bytemuck::bytes_of(prm),
+            binds,
+            workgroups,
+        }));
+    }
+    be.run(&launches)
 }
 
 /// Pool Q per query block and K per key block, then select per query block (topk.wgsl); the
@@ -298,4 +416,48 @@ pub(crate) fn block_topk<T>(
     )
     .map_err(|e| Error::device(BACKEND, format!("block_topk built an invalid layout: {e}")))?;
     DeviceLayout::new(host, counts, indices)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every pass of every loop stays within the barrier budget, and the passes cover the
+    /// loop's tiles once, in order, for head dims up to 256, GQA groups up to 8 and lengths
+    /// up to 4096 (Hq = 8, Hkv = 1, Lq = 2048, D = Dv = 256 among them).
+    #[test]
+    fn passes_bound_the_barriers_per_workgroup() {
+        for (d, dv) in [(1, 1), (64, 64), (65, 1), (82, 121), (128, 128), (256, 256)] {
+            for group in [1, 2, 8] {
+                for len in [1, 16, 17, 131, 1048, 2048, 4096] {
+                    let s = AttentionShape {
+                        head_dim_v: dv,
+                        ..AttentionShape::gqa(1, group, 1, len, len, d)
+                    };
+                    for lp in [Loop::Forward, Loop::Dq, Loop::DkDv] {
+                        let tiles = lp.max_tiles(&s) as u32;
+                        let per_tile = lp.barriers_per_tile(d, dv);
+                        let ps = passes(lp, &s);
+                        let mut next = 0;
+                        for (n, &(begin, end)) in ps.iter().enumerate() {
+                            assert_eq!(begin, next, "{lp:?} {s:?}: passes {ps:?}");
+                            let last = n + 1 == ps.len();
+                            assert_eq!(end == u32::MAX, last, "{lp:?} {s:?}: passes {ps:?}");
+                            let run = end.min(tiles) - begin;
+                            assert!(run > 0, "{lp:?} {s:?}: empty pass in {ps:?}");
+                            assert!(
+                                run * per_tile <= MAX_BARRIERS_PER_PASS,
+                                "{lp:?} {s:?}: {run} tiles of {per_tile} barriers"
+                            );
+                            next = end;
+                        }
+                    }
+                }
+            }
+        }
+        // The shape of the brief: 147 dK/dV passes of 7 query tiles (231 barriers) each.
+        let s = AttentionShape::gqa(1, 8, 1, 2048, 2048, 256);
+        assert_eq!(Loop::DkDv.barriers_per_tile(256, 256), 33);
+        assert_eq!(passes(Loop::DkDv, &s).len(), 147);
+    }
 }

@@ -1,12 +1,14 @@
 //! Device plumbing: the pipeline cache and the one way kernels are launched.
 //!
-//! A launch names a shader, an entry point and the element type (the `DTYPE` override), a
-//! parameter block (bound as a uniform at binding 0) and the storage buffers it binds. Pipelines
-//! and their bind group layouts are built on first use and cached for the backend's lifetime.
+//! A launch names a shader, an entry point and the element type (the `DTYPE` override; with
+//! the device's features it also fixes the shader's [`Variant`]: the storage of the op's
+//! tensors and whether its reductions use subgroups), a parameter block (bound as a uniform at
+//! binding 0) and the storage buffers it binds. Pipelines and their bind group layouts are
+//! built on first use and cached for the backend's lifetime.
 //! Every batch of launches runs inside wgpu error scopes, so a validation or out-of-memory error
 //! comes back as [`Error::Device`] instead of wgpu's default panic.
 
-use crate::shaders::{self, Shader};
+use crate::shaders::{self, Shader, Variant};
 use crate::{BACKEND, WgpuBackend};
 use flashneck_core::{DType, Error, Result};
 use std::collections::HashMap;
@@ -49,8 +51,8 @@ pub(crate) struct Pipeline {
     layout: wgpu::BindGroupLayout,
 }
 
-/// Pipelines keyed by (shader, entry point, element type).
-pub(crate) type PipelineCache = HashMap<(Shader, &'static str, DType), Arc<Pipeline>>;
+/// Pipelines keyed by (shader, entry point, element type, shader variant).
+pub(crate) type PipelineCache = HashMap<(Shader, &'static str, DType, Variant), Arc<Pipeline>>;
 
 /// An error and all its sources, one per line (wgpu's own message is often just the kind).
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -74,7 +76,8 @@ fn dtype_code(d: DType) -> f64 {
 impl WgpuBackend {
     /// The cached pipeline for a launch, built (and its workgroup memory checked) on first use.
     fn pipeline(&self, l: &Launch<'_>) -> Result<Arc<Pipeline>> {
-        let key = (l.shader, l.entry, l.dtype);
+        let variant = self.variant(l.shader, l.dtype);
+        let key = (l.shader, l.entry, l.dtype, variant);
         let mut cache = self
             .pipelines
             .lock()
@@ -82,7 +85,7 @@ impl WgpuBackend {
         if let Some(p) = cache.get(&key) {
             return Ok(p.clone());
         }
-        let module = shaders::validate(l.shader).map_err(|e| Error::device(BACKEND, e))?;
+        let module = shaders::validate(l.shader, variant).map_err(|e| Error::device(BACKEND, e))?;
         let need = shaders::workgroup_bytes(&module);
         let limit = u64::from(self.limits.max_compute_workgroup_storage_size);
         if need > limit {
@@ -94,7 +97,7 @@ impl WgpuBackend {
                 ),
             ));
         }
-        let source = l.shader.source();
+        let source = l.shader.source(variant);
         let module = self
             .device
             .create_shader_module(wgpu::ShaderModuleDescriptor {

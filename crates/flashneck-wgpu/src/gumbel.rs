@@ -35,7 +35,6 @@ struct Params {
     offset_lo: u32,
     offset_hi: u32,
     hard: u32,
-    has_y_soft: u32,
     inv_tau: f32,
     elements: u32,
 }
@@ -78,15 +77,15 @@ pub(crate) fn forward<T>(
     y: &mut WgpuBuffer<T>,
     y_soft: Option<&mut WgpuBuffer<f32>>,
 ) -> Result<()> {
-    let mut prm = Params::of(p)?;
-    prm.has_y_soft = u32::from(y_soft.is_some());
-    // Without y_soft the shader never touches binding 3; bind a one-word stand-in.
-    let dummy;
+    let prm = Params::of(p)?;
+    // Binding 3 (f32) holds the rows' intermediate values before y_soft, so that y, which may
+    // be stored as f16, is written once, rounded: without y_soft, a scratch buffer.
+    let scratch;
     let y_soft = match y_soft {
         Some(b) => b.raw(),
         None => {
-            dummy = be.alloc_scratch(1)?;
-            &dummy
+            scratch = be.alloc_scratch(p.len())?;
+            &scratch
         }
     };
     let (entry, workgroups) = row_launch(p, "gumbel_forward", "gumbel_forward_rows");

@@ -6,9 +6,11 @@
 //! The device flow follows wgpu's `hello_compute` example, top to bottom in
 //! [`WgpuBackend::new`]: an instance restricted to Vulkan, the adapter, a device with the
 //! adapter's own limits, error handlers that record instead of panicking. Tensors are storage
-//! buffers of 32-bit words: `f32` and `u32` as they are, `f16` and `bf16` widened to `f32` on
-//! upload and narrowed back (round to nearest even) on download; every kernel rounds what it
-//! stores to the op's element type, so device values are always exact values of that type
+//! buffers ([`Storage`]): `f16` tensors as native f16 where the adapter has `SHADER_F16` (unless
+//! [`Options::f16_storage`] is off), everything else as 32-bit words: `f32` and `u32` as they
+//! are, `bf16` (which WGSL lacks) and fallback `f16` widened to `f32` on upload and narrowed back
+//! (round to nearest even) on download. Every kernel computes in f32 and rounds what it stores
+//! to the op's element type, so device values are always exact values of that type
 //! (docs/wgpu.md says why and what it costs).
 
 mod attention;
@@ -17,6 +19,8 @@ mod grkan;
 mod gumbel;
 pub mod shaders;
 mod timing;
+
+pub use shaders::{Storage, Variant};
 
 use flashneck_core::{
     AttentionOps, AttentionParams, Backend, BackendInfo, DType, DeviceBuffer, DeviceLayout,
@@ -32,14 +36,16 @@ use std::sync::{Arc, Mutex};
 /// Backend name in errors and reports.
 pub(crate) const BACKEND: &str = "wgpu";
 
-/// Bytes per element on the device: every element type is stored as a 32-bit word.
+/// Bytes of a 32-bit word, the unit of buffer sizes and copies (wgpu wants multiples of 4).
 const WORD: u64 = 4;
 
-/// A tensor (or layout) on the device: a storage buffer of `len` 32-bit words.
+/// A tensor (or layout) on the device: a storage buffer of `len` elements in `storage`'s
+/// representation (rounded up to whole words).
 #[derive(Debug)]
 pub struct WgpuBuffer<T> {
     buffer: wgpu::Buffer,
     len: usize,
+    storage: Storage,
     _elem: PhantomData<T>,
 }
 
@@ -48,6 +54,44 @@ impl<T> WgpuBuffer<T> {
     pub fn raw(&self) -> &wgpu::Buffer {
         &self.buffer
     }
+
+    /// How the elements are stored on the device.
+    pub fn storage(&self) -> Storage {
+        self.storage
+    }
+}
+
+/// Choices made when a backend is created. Each feature is used only where the adapter has
+/// it; turning one off runs the path adapters without it take (the tests do, on lavapipe).
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Store `f16` tensors as native f16 where the adapter has `SHADER_F16` (the default). Off:
+    /// widened to f32 like bf16.
+    pub f16_storage: bool,
+    /// Row reductions (GR-KAN, Gumbel) with subgroup operations where the adapter has
+    /// `SUBGROUP` (the default). Off: workgroup-memory trees only.
+    pub subgroups: bool,
+}
+
+impl Default for Options {
+    /// Every feature the adapter has, except those turned off in the environment:
+    /// `FLASHNECK_WGPU_NO_F16`, `FLASHNECK_WGPU_NO_SUBGROUPS` (set to anything but `0` or the
+    /// empty string).
+    fn default() -> Self {
+        let off = |var| std::env::var(var).is_ok_and(|v| !v.is_empty() && v != "0");
+        Options {
+            f16_storage: !off("FLASHNECK_WGPU_NO_F16"),
+            subgroups: !off("FLASHNECK_WGPU_NO_SUBGROUPS"),
+        }
+    }
+}
+
+impl Options {
+    /// Neither native f16 nor subgroups: what an adapter with no optional feature runs.
+    pub const BASELINE: Options = Options {
+        f16_storage: false,
+        subgroups: false,
+    };
 }
 
 impl<T: Scalar> DeviceBuffer for WgpuBuffer<T> {
@@ -68,6 +112,10 @@ pub struct WgpuBackend {
     queue: wgpu::Queue,
     limits: wgpu::Limits,
     features: wgpu::Features,
+    /// f16 tensors are stored as native f16 (`SHADER_F16` and [`Options::f16_storage`]).
+    f16_storage: bool,
+    /// Row reductions use subgroup operations (`SUBGROUP` and [`Options::subgroups`]).
+    subgroups: bool,
     pipelines: Arc<Mutex<device::PipelineCache>>,
     fault: Fault,
 }
@@ -77,7 +125,14 @@ impl WgpuBackend {
     /// none, a Metal or DX12 one (built in on macOS / Windows only). Never GL.
     ///
     /// No adapter gives [`Error::Device`]; so does a device request the adapter refuses.
+    /// Options: [`Options::default`] (native f16 storage and subgroup reductions where the
+    /// adapter has them, unless `FLASHNECK_WGPU_NO_F16` / `FLASHNECK_WGPU_NO_SUBGROUPS` is set).
     pub fn new() -> Result<Self> {
+        Self::with_options(Options::default())
+    }
+
+    /// [`WgpuBackend::new`] with explicit [`Options`].
+    pub fn with_options(options: Options) -> Result<Self> {
         // 1. + 2. An instance and its adapter, Vulkan first. CI asserts that the adapter it
         //    gets is Vulkan, so a fallback cannot pass unnoticed there.
         let adapter = request_adapter(wgpu::Backends::VULKAN)
@@ -98,9 +153,14 @@ impl WgpuBackend {
         // 3. A device with the adapter's own limits (wgpu's defaults are lower: storage
         //    bindings, workgroup memory) and the optional features we can use.
         let limits = adapter.limits();
-        let wanted = wgpu::Features::SHADER_F16
-            | wgpu::Features::TIMESTAMP_QUERY
-            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        let mut wanted =
+            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        if options.f16_storage {
+            wanted |= wgpu::Features::SHADER_F16;
+        }
+        if options.subgroups {
+            wanted |= wgpu::Features::SUBGROUP;
+        }
         let features = adapter.features() & wanted;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("flashneck"),
@@ -128,6 +188,8 @@ impl WgpuBackend {
             queue,
             limits,
             features,
+            f16_storage: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
             pipelines: Arc::new(Mutex::new(HashMap::new())),
             fault,
         })
@@ -143,10 +205,40 @@ impl WgpuBackend {
         &self.limits
     }
 
-    /// Whether the device has native f16 arithmetic in shaders (`SHADER_F16`). The kernels
-    /// do not need it: halves are computed in f32 (docs/wgpu.md).
+    /// Whether the device uses `SHADER_F16` (f16 types in shaders and 16-bit storage buffers):
+    /// the adapter has it and [`Options::f16_storage`] asked for it. The kernels compute in f32
+    /// either way; the feature lets f16 tensors be stored as f16.
     pub fn has_shader_f16(&self) -> bool {
         self.features.contains(wgpu::Features::SHADER_F16)
+    }
+
+    /// Whether the row reductions use subgroup operations: the adapter has `SUBGROUP` and
+    /// [`Options::subgroups`] asked for it.
+    pub fn has_subgroups(&self) -> bool {
+        self.subgroups
+    }
+
+    /// The build of `shader` this device runs for element type `dtype`.
+    pub fn variant(&self, shader: shaders::Shader, dtype: DType) -> Variant {
+        shader.variant(Variant::new(self.storage(dtype), self.subgroups))
+    }
+
+    /// How tensors of `dtype` are stored on this device: native f16 for f16 where the
+    /// adapter has `SHADER_F16` and [`Options::f16_storage`] is on, else 32-bit words.
+    pub fn storage(&self, dtype: DType) -> Storage {
+        match dtype {
+            DType::F16 if self.f16_storage => Storage::F16,
+            _ => Storage::F32,
+        }
+    }
+
+    /// The storage of host type `T` (`u32` layouts: words).
+    fn storage_of<T: Scalar>(&self) -> Storage {
+        if TypeId::of::<T>() == TypeId::of::<f16>() {
+            self.storage(DType::F16)
+        } else {
+            Storage::F32
+        }
     }
 
     /// The four Philox4x32-10 words the shaders compute for one counter and key (for tests
@@ -207,9 +299,12 @@ impl WgpuBackend {
         }
     }
 
-    /// Check that a buffer of `len` words can be created and bound as storage.
-    fn check_size(&self, len: usize) -> Result<u64> {
-        let bytes = (len.max(1) as u64).saturating_mul(WORD);
+    /// Check that a buffer of `len` elements in `storage` can be created and bound as storage;
+    /// its size in bytes (a whole number of words, at least one).
+    fn check_size(&self, len: usize, storage: Storage) -> Result<u64> {
+        let bytes = (len.max(1) as u64)
+            .saturating_mul(storage.bytes())
+            .next_multiple_of(WORD);
         let max = self
             .limits
             .max_storage_buffer_binding_size
@@ -224,9 +319,15 @@ impl WgpuBackend {
         Ok(bytes)
     }
 
-    /// A device buffer of `len` words holding `contents` (zeros when `None`).
-    fn create<T>(&self, len: usize, contents: Option<&[u8]>) -> Result<WgpuBuffer<T>> {
-        let size = self.check_size(len)?;
+    /// A device buffer of `len` elements in `storage` holding `contents` (zeros when `None`;
+    /// padded with zeros to the buffer's whole words).
+    fn create<T>(
+        &self,
+        len: usize,
+        storage: Storage,
+        contents: Option<&[u8]>,
+    ) -> Result<WgpuBuffer<T>> {
+        let size = self.check_size(len, storage)?;
         let usage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_SRC
             | wgpu::BufferUsages::COPY_DST;
@@ -239,23 +340,27 @@ impl WgpuBackend {
                 mapped_at_creation: false,
             });
             if let Some(bytes) = contents.filter(|c| !c.is_empty()) {
-                self.queue.write_buffer(&b, 0, bytes);
+                // write_buffer takes whole words.
+                let mut padded = bytes.to_vec();
+                padded.resize(bytes.len().next_multiple_of(WORD as usize), 0);
+                self.queue.write_buffer(&b, 0, &padded);
             }
             b
         })?;
         Ok(WgpuBuffer {
             buffer,
             len,
+            storage,
             _elem: PhantomData,
         })
     }
 
     /// A scratch buffer of `len` f32 words (zero-filled) for a kernel's intermediate results.
     pub(crate) fn alloc_scratch(&self, len: usize) -> Result<wgpu::Buffer> {
-        Ok(self.create::<f32>(len, None)?.buffer)
+        Ok(self.create::<f32>(len, Storage::F32, None)?.buffer)
     }
 
-    /// The device buffers' word layout of a host slice: halves widened to f32.
+    /// The word layout (`Storage::F32`) of a host slice: halves widened to f32.
     fn to_words<T: Scalar>(data: &[T]) -> Vec<u8> {
         let widened: Option<Vec<f32>> = if TypeId::of::<T>() == TypeId::of::<f16>() {
             let h: &[f16] = bytemuck::cast_slice(data);
@@ -332,19 +437,34 @@ impl Backend for WgpuBackend {
     }
 
     fn upload<T: Scalar>(&self, data: &[T]) -> Result<WgpuBuffer<T>> {
-        self.create(data.len(), Some(&Self::to_words(data)))
+        let storage = self.storage_of::<T>();
+        match storage {
+            // Native f16: the host bytes as they are.
+            Storage::F16 => self.create(data.len(), storage, Some(bytemuck::cast_slice(data))),
+            Storage::F32 => self.create(data.len(), storage, Some(&Self::to_words(data))),
+        }
     }
 
     fn download<T: Scalar>(&self, buf: &WgpuBuffer<T>) -> Result<Vec<T>> {
         if buf.len == 0 {
             return Ok(Vec::new());
         }
-        let bytes = self.read_back(&buf.buffer, buf.len as u64 * WORD)?;
-        Ok(Self::from_words(bytemuck::cast_slice(&bytes)))
+        let bytes = buf.len as u64 * buf.storage.bytes();
+        let raw = self.read_back(&buf.buffer, bytes.next_multiple_of(WORD))?;
+        match buf.storage {
+            Storage::F16 => {
+                let halves: Vec<f16> = raw[..bytes as usize]
+                    .chunks_exact(2)
+                    .map(|h| f16::from_le_bytes([h[0], h[1]]))
+                    .collect();
+                Ok(bytemuck::cast_slice(&halves).to_vec())
+            }
+            Storage::F32 => Ok(Self::from_words(bytemuck::cast_slice(&raw))),
+        }
     }
 
     fn alloc<T: Scalar>(&self, len: usize) -> Result<WgpuBuffer<T>> {
-        self.create(len, None)
+        self.create(len, self.storage_of::<T>(), None)
     }
 
     fn synchronize(&self) -> Result<()> {

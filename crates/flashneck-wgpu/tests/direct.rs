@@ -36,6 +36,182 @@ fn buffers_round_trip_every_type() {
     );
 }
 
+/// f16 tensors are native f16 on the device where the adapter has SHADER_F16 (lavapipe does),
+/// f32 words on the fallback backend; both round-trip every f16 bit pattern class exactly.
+#[test]
+fn f16_storage_is_native_where_the_adapter_has_shader_f16() {
+    use flashneck_wgpu::Storage;
+    let native = backend();
+    let fallback = common::backend_baseline();
+    println!("SHADER_F16: {}", native.has_shader_f16());
+    let want = if native.has_shader_f16() && std::env::var_os("FLASHNECK_WGPU_NO_F16").is_none() {
+        Storage::F16
+    } else {
+        Storage::F32
+    };
+    // Odd lengths: the last word of a native buffer is half padding.
+    let h: Vec<f16> = [
+        0.0f32,
+        -0.0,
+        1.0,
+        -2.5,
+        65504.0,
+        6e-8,
+        -6.1e-5,
+        f32::INFINITY,
+    ]
+    .iter()
+    .map(|&x| f16::from_f32(x))
+    .chain([f16::NAN, f16::NEG_INFINITY, f16::from_bits(0x7c01)])
+    .collect();
+    for (b, storage) in [(&native, want), (&fallback, Storage::F32)] {
+        assert_eq!(b.storage(DType::F16), storage);
+        assert_eq!(b.storage(DType::BF16), Storage::F32);
+        let d = b.upload(&h).unwrap();
+        assert_eq!(d.storage(), storage);
+        assert_eq!(b.alloc::<f16>(3).unwrap().storage(), storage);
+        let back = b.download(&d).unwrap();
+        // Bit for bit, NaNs included (the f32 path keeps the payload's top bits: quiet NaN).
+        for (x, y) in h.iter().zip(&back) {
+            assert!(
+                x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
+                "{storage}: {x:?} came back {y:?}"
+            );
+        }
+    }
+}
+
+/// The optional features each backend uses, and the shader variants they select. Lavapipe (the
+/// CI driver) has SHADER_F16 and SUBGROUP, so there both paths of each run: the default backend
+/// with them, the baseline without (a driver or wgpu update that lost them would make half of
+/// the suite test the same path twice, so it fails here).
+#[test]
+fn optional_features_select_the_shader_variants() {
+    use flashneck_wgpu::shaders::Shader;
+    let (b, base) = (backend(), common::backend_baseline());
+    let info = b.adapter_info();
+    println!(
+        "{}: SHADER_F16 {}, subgroups {}",
+        info.name,
+        b.has_shader_f16(),
+        b.has_subgroups()
+    );
+    if info.driver.contains("llvmpipe") && std::env::var_os("FLASHNECK_WGPU_NO_F16").is_none() {
+        assert!(b.has_shader_f16(), "lavapipe has SHADER_F16");
+    }
+    if info.driver.contains("llvmpipe") && std::env::var_os("FLASHNECK_WGPU_NO_SUBGROUPS").is_none()
+    {
+        assert!(b.has_subgroups(), "lavapipe has SUBGROUP");
+    }
+    assert!(!base.has_shader_f16() && !base.has_subgroups());
+    for s in Shader::ALL {
+        let v = b.variant(s, DType::F16);
+        assert_eq!(v.subgroups, b.has_subgroups() && s.has_reductions(), "{s}");
+        assert_eq!(v.storage, b.storage(DType::F16));
+        assert!(!base.variant(s, DType::F16).subgroups);
+    }
+}
+
+/// The subgroup reductions (default backend on lavapipe) and the workgroup trees (baseline)
+/// agree within f32 rounding on the same inputs, for Gumbel's row max and sums (K > 64, a
+/// workgroup per row) and GR-KAN's coefficient gradients (256-thread workgroups, so 32
+/// subgroups of 8 on lavapipe); the subgroup path is bitwise reproducible.
+#[test]
+fn reductions_agree_with_and_without_subgroups() {
+    let (mut rng, seed) = fresh_rng();
+    let gp = GumbelParams::new(5, 1000, 0.7).with_seed(rng.r#gen(), rng.r#gen());
+    let (logits, _) = random_input::<f32>(&mut rng, gp.len(), 3.0);
+    let (dy, _) = random_input::<f32>(&mut rng, gp.len(), 1.0);
+    let kp = GrKanParams::new(2000, 64, 4);
+    let (x, _) = random_input::<f32>(&mut rng, kp.x_len(), 1.0);
+    let (a, _) = random_input::<f32>(&mut rng, kp.a_len(), 0.5);
+    let (bb, _) = random_input::<f32>(&mut rng, kp.b_len(), 0.5);
+    let (kdy, _) = random_input::<f32>(&mut rng, kp.x_len(), 1.0);
+    let run = |b: &flashneck_wgpu::WgpuBackend| {
+        let mut y = nan_buffer::<_, f32>(b, gp.len());
+        let mut ys = nan_buffer::<_, f32>(b, gp.len());
+        let ld = b.upload(&logits).unwrap();
+        b.gumbel_softmax_forward(&gp, &ld, &mut y, Some(&mut ys))
+            .unwrap();
+        let mut dl = nan_buffer::<_, f32>(b, gp.len());
+        b.gumbel_softmax_backward(&gp, &ys, &b.upload(&dy).unwrap(), &mut dl)
+            .unwrap();
+        let mut dx = nan_buffer::<_, f32>(b, kp.x_len());
+        let mut da = nan_buffer::<_, f32>(b, kp.a_len());
+        let mut db = nan_buffer::<_, f32>(b, kp.b_len());
+        b.grkan_backward(
+            &kp,
+            &b.upload(&x).unwrap(),
+            &b.upload(&a).unwrap(),
+            &b.upload(&bb).unwrap(),
+            &b.upload(&kdy).unwrap(),
+            &mut dx,
+            &mut da,
+            &mut db,
+        )
+        .unwrap();
+        [ys, dl, da, db].map(|d| b.download(&d).unwrap())
+    };
+    let sub = run(&backend());
+    let tree = run(&common::backend_baseline());
+    for (name, s, t) in ["y_soft", "dlogits", "da", "db"]
+        .iter()
+        .zip(&sub)
+        .zip(&tree)
+        .map(|((n, s), t)| (n, s, t))
+    {
+        let t64: Vec<f64> = t.iter().map(|&v| v as f64).collect();
+        assert_close(&format!("{name}: subgroups vs tree"), s, &t64, 1e-5, seed);
+    }
+    let again = run(&backend());
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    for (s, a) in sub.iter().zip(&again) {
+        assert_eq!(bits(s), bits(a), "subgroup reductions differ between runs");
+    }
+}
+
+/// The kernels' store rounds to f16 (ties to even), overflows to ±inf and keeps NaN, in both
+/// storages: y = 2x through GR-KAN with P = 2x, Q = 1.
+#[test]
+fn f16_stores_round_overflow_and_keep_nan_in_both_storages() {
+    let (mut rng, seed) = fresh_rng();
+    // Finite inputs (Q = 1 + 0·|x| is NaN at x = ±inf); about half of them overflow when
+    // doubled.
+    let mut x: Vec<f16> = (0..200)
+        .map(|_| f16::from_f32((rng.r#gen::<f32>() - 0.5) * 1.3e5))
+        .collect();
+    x.extend(
+        [
+            40000.0f32, -40000.0, 32752.0, 32760.0, 6e-8, -3e-8, 0.0, -0.0,
+        ]
+        .iter()
+        .map(|&v| f16::from_f32(v)),
+    );
+    x.push(f16::NAN);
+    let p = GrKanParams::new(x.len(), 1, 1).with_degrees(1, 0);
+    for b in [backend(), common::backend_baseline()] {
+        let storage = b.storage(DType::F16);
+        let mut y = nan_buffer::<_, f16>(&b, x.len());
+        b.grkan_forward(
+            &p,
+            &b.upload(&x).unwrap(),
+            &b.upload(&[0.0f32, 2.0]).unwrap(),
+            &b.upload::<f32>(&[]).unwrap(),
+            &mut y,
+        )
+        .unwrap();
+        let y = b.download(&y).unwrap();
+        for (xi, yi) in x.iter().zip(&y) {
+            // P = a1·x + a0 (so −0 gives +0), Q = 1.
+            let want = f16::from_f32(2.0 * xi.to_f32() + 0.0);
+            assert!(
+                want.to_bits() == yi.to_bits() || (want.is_nan() && yi.is_nan()),
+                "{storage}: 2 * {xi:?} gave {yi:?}, want {want:?} (seed {seed})"
+            );
+        }
+    }
+}
+
 #[test]
 fn oversized_buffer_is_a_typed_error() {
     let b = backend();
@@ -58,7 +234,7 @@ fn every_shader_fits_the_adapter_workgroup_memory() {
         b.has_timestamps()
     );
     for s in Shader::ALL {
-        let bytes = workgroup_bytes(&validate(s).unwrap());
+        let bytes = workgroup_bytes(&validate(s, b.variant(s, DType::F16)).unwrap());
         assert!(
             bytes <= limit,
             "{s}.wgsl: {bytes} bytes > adapter limit {limit}"

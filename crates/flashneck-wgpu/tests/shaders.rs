@@ -1,30 +1,113 @@
-//! Static checks of every WGSL shader, with no device: naga parses and validates each one,
-//! and its workgroup memory fits WebGPU's default limit (16384 bytes), which neither naga nor
-//! lavapipe enforces. `device_limits` checks the same against a real adapter's limit.
+//! Static checks of every WGSL shader, with no device: naga parses and validates each one in
+//! every variant (`elem = f32`, and `elem = f16` with naga's SHADER_FLOAT16 capability; the
+//! row reductions with and without subgroup operations, the latter with the SUBGROUP
+//! capability), and its workgroup memory fits WebGPU's default limit (16384 bytes), which
+//! neither naga nor lavapipe enforces. `tests/direct.rs` checks the same against a real
+//! adapter's limit.
 
 use flashneck_wgpu::shaders::{
-    Shader, WEBGPU_DEFAULT_WORKGROUP_STORAGE, validate, workgroup_bytes,
+    Shader, Storage, Variant, WEBGPU_DEFAULT_WORKGROUP_STORAGE, validate, workgroup_bytes,
 };
 
+const PLAIN: Variant = Variant::new(Storage::F32, false);
+
 #[test]
-fn every_shader_passes_naga_validation() {
-    for s in Shader::ALL {
-        if let Err(e) = validate(s) {
-            panic!("{e}");
+fn every_shader_passes_naga_validation_in_every_variant() {
+    for v in Variant::ALL {
+        for s in Shader::ALL {
+            if let Err(e) = validate(s, v) {
+                panic!("{e}");
+            }
         }
     }
 }
 
 #[test]
-fn every_shader_fits_the_webgpu_default_workgroup_memory() {
+fn subgroup_variant_uses_subgroup_operations() {
+    // Only the shaders with reductions have a subgroup build, and it really calls subgroup
+    // operations (a variant that silently kept the workgroup tree would test nothing new).
     for s in Shader::ALL {
-        let m = validate(s).unwrap();
-        let bytes = workgroup_bytes(&m);
-        println!("{s}.wgsl: {bytes} bytes of workgroup memory");
-        assert!(
-            bytes <= WEBGPU_DEFAULT_WORKGROUP_STORAGE,
-            "{s}.wgsl declares {bytes} bytes of workgroup memory > {WEBGPU_DEFAULT_WORKGROUP_STORAGE}"
-        );
+        let v = s.variant(Variant::new(Storage::F32, true));
+        assert_eq!(v.subgroups, s.has_reductions(), "{s}");
+        let src = s.source(Variant::new(Storage::F32, true));
+        assert_eq!(src.contains("subgroupAdd("), s.has_reductions(), "{s}");
+        assert!(!s.source(PLAIN).contains("subgroupAdd("), "{s}");
+        if s.has_reductions() {
+            // Without the capability naga refuses it: the validation above used it.
+            let module = naga::front::wgsl::parse_str(&src).unwrap();
+            assert!(
+                naga::valid::Validator::new(
+                    naga::valid::ValidationFlags::all(),
+                    naga::valid::Capabilities::default()
+                )
+                .validate(&module)
+                .is_err(),
+                "{s}"
+            );
+        }
+    }
+}
+
+#[test]
+fn f16_storage_declares_f16_tensors() {
+    // Exactly the op's tensors are `array<elem>` (f16 in this variant); statistics, layouts,
+    // coefficients and scratch stay f32 / u32. A binding left `array<f32>` would read an f16
+    // buffer as f32 words.
+    for (s, tensors) in [
+        (Shader::GrKan, &["x", "dy", "out"][..]),
+        (Shader::Gumbel, &["logits", "out", "dy"]),
+        (
+            Shader::Attention,
+            &[
+                "q", "k", "v", "o_out", "residual", "o_in", "d_o", "dq", "dk", "dv",
+            ],
+        ),
+        (Shader::Topk, &["q", "k"]),
+    ] {
+        let m = validate(s, Variant::new(Storage::F16, false)).unwrap();
+        let mut f16_bindings: Vec<&str> = m
+            .global_variables
+            .iter()
+            .filter(|(_, g)| matches!(g.space, naga::AddressSpace::Storage { .. }))
+            .filter(|(_, g)| {
+                matches!(
+                    m.types[g.ty].inner,
+                    naga::TypeInner::Array { base, .. }
+                        if m.types[base].inner == naga::TypeInner::Scalar(naga::Scalar::F16)
+                )
+            })
+            .filter_map(|(_, g)| g.name.as_deref())
+            .collect();
+        f16_bindings.sort();
+        let mut want = tensors.to_vec();
+        want.sort();
+        assert_eq!(f16_bindings, want, "{s}.wgsl");
+    }
+    // Without the capability the f16 variant is refused: the validation above used it.
+    let src = Shader::GrKan.source(Variant::new(Storage::F16, false));
+    let module = naga::front::wgsl::parse_str(&src).unwrap();
+    assert!(
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::default()
+        )
+        .validate(&module)
+        .is_err()
+    );
+}
+
+#[test]
+fn every_shader_fits_the_webgpu_default_workgroup_memory() {
+    for v in Variant::ALL {
+        for s in Shader::ALL {
+            let m = validate(s, v).unwrap();
+            let bytes = workgroup_bytes(&m);
+            println!("{s}.wgsl ({v}): {bytes} bytes of workgroup memory");
+            assert!(
+                bytes <= WEBGPU_DEFAULT_WORKGROUP_STORAGE,
+                "{s}.wgsl declares {bytes} bytes of workgroup memory > {WEBGPU_DEFAULT_WORKGROUP_STORAGE}"
+            );
+        }
     }
 }
 
@@ -32,6 +115,12 @@ fn every_shader_fits_the_webgpu_default_workgroup_memory() {
 fn workgroup_memory_is_counted() {
     // The reductions' scratch arrays: 256 f32 in grkan, 64 f32 + 64 u32 in gumbel. A counter
     // that returned 0 would make the limit checks vacuous.
-    assert_eq!(workgroup_bytes(&validate(Shader::GrKan).unwrap()), 1024);
-    assert_eq!(workgroup_bytes(&validate(Shader::Gumbel).unwrap()), 512);
+    assert_eq!(
+        workgroup_bytes(&validate(Shader::GrKan, PLAIN).unwrap()),
+        1024
+    );
+    assert_eq!(
+        workgroup_bytes(&validate(Shader::Gumbel, PLAIN).unwrap()),
+        512
+    );
 }
