@@ -7,6 +7,15 @@
 pub const SOURCES: &[(&str, &str)] = &[
     ("grkan.cu", include_str!("../../../kernels/cuda/grkan.cu")),
     ("gumbel.cu", include_str!("../../../kernels/cuda/gumbel.cu")),
+    (
+        "attention.cu",
+        include_str!("../../../kernels/cuda/attention.cu"),
+    ),
+    ("topk.cu", include_str!("../../../kernels/cuda/topk.cu")),
+    (
+        "attention_bwd.cu",
+        include_str!("../../../kernels/cuda/attention_bwd.cu"),
+    ),
 ];
 
 /// The kernels a source exports, in file order.
@@ -39,6 +48,12 @@ mod tests {
             "gumbel_forward_warp_f16",
             "gumbel_backward_block_f32",
             "gumbel_noise",
+            "attention_forward_f32_d64",
+            "attention_forward_bf16_d128",
+            "topk_pool_f16",
+            "topk_score",
+            "topk_select",
+            "attn_bwd_dkdv_simt_f32_d128",
         ] {
             assert!(source_of(k).is_some(), "{k} is not exported");
         }

@@ -11,9 +11,13 @@
 //! at run time, and [`CudaBackend::new`] returns an error (never panics) when they are absent.
 //!
 //! Ops: GR-KAN forward/backward and Gumbel-Softmax forward/backward/noise, for f32, f16 and
-//! bf16. Dense and sparse attention are not implemented here yet: they return
-//! [`Error::Unsupported`] and are not claimed in [`Backend::info`].
+//! bf16; attention forward, dense and block-sparse with the Re-ttention epilogue (`attention`,
+//! head dims `D = Dv` in {64, 128}, others [`Error::Unsupported`]), and `block_topk`.
+//! Attention backward, dense and block-sparse (`attention_bwd`, same head dims), bitwise
+//! deterministic: every output element is written by one block, no atomics.
 
+mod attention;
+mod attention_bwd;
 mod device;
 pub mod emu;
 mod grkan;
@@ -95,10 +99,6 @@ impl CudaBackend {
     pub fn gemm_bf16_tflops(&self, n: usize) -> Result<f64> {
         timing::gemm_bf16_tflops(&self.device, n)
     }
-
-    fn unsupported<R>(&self, what: &str) -> Result<R> {
-        Err(Error::unsupported(self.device.backend(), what))
-    }
 }
 
 impl Backend for CudaBackend {
@@ -115,8 +115,13 @@ impl Backend for CudaBackend {
         BackendInfo {
             name: name.into(),
             device,
-            head_dims: HeadDims::Exactly(Vec::new()),
+            head_dims: HeadDims::Exactly(attention::HEAD_DIMS.to_vec()),
             ops: [
+                OpKind::AttentionForward,
+                OpKind::SparseForward,
+                OpKind::BlockTopk,
+                OpKind::AttentionBackward,
+                OpKind::SparseBackward,
                 OpKind::GrKanForward,
                 OpKind::GrKanBackward,
                 OpKind::GumbelForward,
@@ -156,8 +161,7 @@ impl AttentionOps for CudaBackend {
         o: &mut CudaBuffer<T>,
         lse: &mut CudaBuffer<f32>,
     ) -> Result<()> {
-        p.check_forward(q.len(), k.len(), v.len(), o.len(), lse.len())?;
-        self.unsupported("attention_forward has no CUDA kernel yet")
+        attention::forward(&self.device, p, q, k, v, o, lse)
     }
 
     fn attention_backward<T: Element>(
@@ -184,7 +188,7 @@ impl AttentionOps for CudaBackend {
             dk.len(),
             dv.len(),
         )?;
-        self.unsupported("attention_backward has no CUDA kernel yet")
+        attention_bwd::backward(&self.device, p, None, q, k, v, o, d_o, lse, dq, dk, dv)
     }
 }
 
@@ -200,17 +204,7 @@ impl SparseAttentionOps for CudaBackend {
         o: &mut CudaBuffer<T>,
         lse: &mut CudaBuffer<f32>,
     ) -> Result<()> {
-        p.check_sparse_forward(
-            layout.host(),
-            q.len(),
-            k.len(),
-            v.len(),
-            epilogue.row_scale.map(|b| b.len()),
-            epilogue.residual.map(|b| b.len()),
-            o.len(),
-            lse.len(),
-        )?;
-        self.unsupported("sparse_attention_forward has no CUDA kernel yet")
+        attention::sparse_forward(&self.device, p, layout, q, k, v, epilogue, o, lse)
     }
 
     fn sparse_attention_backward<T: Element>(
@@ -241,7 +235,20 @@ impl SparseAttentionOps for CudaBackend {
             dk.len(),
             dv.len(),
         )?;
-        self.unsupported("sparse_attention_backward has no CUDA kernel yet")
+        attention_bwd::backward(
+            &self.device,
+            p,
+            Some((layout, layout_t)),
+            q,
+            k,
+            v,
+            o,
+            d_o,
+            lse,
+            dq,
+            dk,
+            dv,
+        )
     }
 
     fn block_topk<T: Element>(
@@ -251,8 +258,7 @@ impl SparseAttentionOps for CudaBackend {
         q: &CudaBuffer<T>,
         k: &CudaBuffer<T>,
     ) -> Result<DeviceLayout<Self>> {
-        p.check_topk(topk, q.len(), k.len())?;
-        self.unsupported("block_topk has no CUDA kernel yet")
+        attention::block_topk(&self.device, p, topk, q, k)
     }
 }
 

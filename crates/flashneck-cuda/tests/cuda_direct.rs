@@ -165,7 +165,7 @@ fn bad_input_is_a_typed_error_before_launch() {
             .supports(flashneck_core::OpKind::GrKanForward, DType::BF16)
     );
     assert!(
-        !b.info()
+        b.info()
             .supports(flashneck_core::OpKind::AttentionForward, DType::F32)
     );
 }
@@ -361,6 +361,231 @@ fn gumbel_noise_matches_the_oracle() {
             assert!(
                 err <= 2e-5,
                 "noise {i} (seed {seed}, offset {offset}): {g} vs {w}"
+            );
+        }
+    }
+}
+
+// ---- Attention forward and block_topk (cuda-fwd) -----------------------------------------------
+
+/// Shapes the conformance suite's small config does not reach: one query row against many keys
+/// (causal and not), `Lk` far beyond `Lq`, a sparse epilogue on rows that see no key, head dims
+/// the CUDA kernels do not take, and `block_topk` on random (inexact) inputs against the CPU.
+mod attention_forward {
+    use super::{backend, fresh_rng, random_input};
+    use flashneck_conformance::assert_close;
+    use flashneck_core::{
+        AttentionOps, AttentionParams, AttentionShape, Backend, BlockLayout, DType, Element, Error,
+        SparseAttentionOps, SparseEpilogue, TopkParams,
+    };
+    use flashneck_cpu::CpuBackend;
+    use flashneck_cpu::oracle::attention as oracle;
+    use flashneck_cuda::CudaBackend;
+    use half::{bf16, f16};
+    use rand::{Rng, rngs::StdRng};
+
+    /// Forward (dense, or sparse with the epilogue) against the f64 oracle; returns `(o, lse)`.
+    fn check<T: Element>(
+        b: &CudaBackend,
+        rng: &mut StdRng,
+        seed: u64,
+        p: &AttentionParams,
+        layout: Option<&BlockLayout>,
+        epilogue: bool,
+    ) -> (Vec<T>, Vec<f32>) {
+        let s = &p.shape;
+        let (q, qf) = random_input::<T>(rng, s.q_len(), 1.0);
+        let (k, kf) = random_input::<T>(rng, s.k_len(), 1.0);
+        let (v, vf) = random_input::<T>(rng, s.v_len(), 1.0);
+        let rho: Vec<f32> = (0..s.lse_len()).map(|_| rng.gen_range(0.1..1.5)).collect();
+        let (res, resf) = random_input::<T>(rng, s.o_len(), 1.0);
+        let (qd, kd, vd) = (
+            b.upload(&q).unwrap(),
+            b.upload(&k).unwrap(),
+            b.upload(&v).unwrap(),
+        );
+        let mut o = b.upload(&vec![T::from_f32(f32::NAN); s.o_len()]).unwrap();
+        let mut lse = b.upload(&vec![f32::NAN; s.lse_len()]).unwrap();
+        let (rho_d, res_d) = (b.upload(&rho).unwrap(), b.upload(&res).unwrap());
+        match layout {
+            None => b
+                .attention_forward(p, &qd, &kd, &vd, &mut o, &mut lse)
+                .unwrap(),
+            Some(l) => {
+                let dl = b.upload_layout(l).unwrap();
+                let e = SparseEpilogue {
+                    row_scale: epilogue.then_some(&rho_d),
+                    residual: epilogue.then_some(&res_d),
+                };
+                b.sparse_attention_forward(p, &dl, &qd, &kd, &vd, e, &mut o, &mut lse)
+                    .unwrap()
+            }
+        }
+        let rho64: Vec<f64> = rho.iter().map(|&r| r as f64).collect();
+        let (o_ref, lse_ref) = oracle::attention_forward(
+            p,
+            layout,
+            &qf,
+            &kf,
+            &vf,
+            epilogue.then_some(&rho64[..]),
+            epilogue.then_some(&resf[..]),
+        );
+        let (o, lse) = (b.download(&o).unwrap(), b.download(&lse).unwrap());
+        let tag = format!(
+            "{} {p:?} sparse={} epilogue={epilogue}",
+            T::DTYPE,
+            layout.is_some()
+        );
+        assert_close(
+            &format!("o {tag}"),
+            &o,
+            &o_ref,
+            T::DTYPE.reduction_tolerance(),
+            seed,
+        );
+        assert_close(
+            &format!("lse {tag}"),
+            &lse,
+            &lse_ref,
+            DType::F32.reduction_tolerance(),
+            seed,
+        );
+        (o, lse)
+    }
+
+    fn long_keys<T: Element>() {
+        let b = backend();
+        let (mut rng, seed) = fresh_rng();
+        for d in [64, 128] {
+            for (lq, lk, causal) in [(1, 700, false), (1, 700, true), (3, 1000, true)] {
+                let p = AttentionParams::new(AttentionShape::gqa(1, 2, 1, lq, lk, d))
+                    .with_causal(causal);
+                check::<T>(&b, &mut rng, seed, &p, None, false);
+            }
+        }
+    }
+
+    #[test]
+    fn one_query_row_and_many_keys_f32() {
+        long_keys::<f32>();
+    }
+    #[test]
+    fn one_query_row_and_many_keys_f16() {
+        long_keys::<f16>();
+    }
+    #[test]
+    fn one_query_row_and_many_keys_bf16() {
+        long_keys::<bf16>();
+    }
+
+    /// Lq > Lk causal with the full epilogue: rows that see no key give `o = R` and
+    /// `lse = −inf`; the layout also keeps blocks whose keys are all causally hidden.
+    fn epilogue_on_empty_rows<T: Element>() {
+        let b = backend();
+        let (mut rng, seed) = fresh_rng();
+        for d in [64, 128] {
+            let p =
+                AttentionParams::new(AttentionShape::gqa(1, 2, 1, 150, 70, d)).with_causal(true);
+            let s = &p.shape;
+            let lists: Vec<Vec<u32>> = (0..s.heads_q * s.q_blocks())
+                .map(|r| if r % 3 == 1 { vec![1] } else { vec![0, 1] })
+                .collect();
+            let layout =
+                BlockLayout::from_lists(1, s.heads_q, s.q_blocks(), s.k_blocks(), &lists).unwrap();
+            let (_, lse) = check::<T>(&b, &mut rng, seed, &p, Some(&layout), true);
+            // Row 0 sees no key (0 > 0 + 70 − 150): lse = −inf, never NaN.
+            assert_eq!(lse[0], f32::NEG_INFINITY);
+            assert!(lse.iter().all(|v| !v.is_nan()));
+        }
+    }
+
+    #[test]
+    fn sparse_epilogue_on_rows_without_keys() {
+        epilogue_on_empty_rows::<f32>();
+        epilogue_on_empty_rows::<f16>();
+        epilogue_on_empty_rows::<bf16>();
+    }
+
+    /// Head dims without a kernel are `Unsupported`, naming the head dims, before any launch
+    /// (outputs keep their contents).
+    #[test]
+    fn other_head_dims_are_unsupported() {
+        let b = backend();
+        for (d, dv) in [(32, 32), (96, 96), (64, 128), (256, 256)] {
+            let mut shape = AttentionShape::mha(1, 2, 70, 65, d);
+            shape.head_dim_v = dv;
+            let p = AttentionParams::new(shape);
+            let s = &p.shape;
+            let q = b.alloc::<f32>(s.q_len()).unwrap();
+            let k = b.alloc::<f32>(s.k_len()).unwrap();
+            let v = b.alloc::<f32>(s.v_len()).unwrap();
+            let mut o = b.upload(&vec![7.0f32; s.o_len()]).unwrap();
+            let mut lse = b.upload(&vec![7.0f32; s.lse_len()]).unwrap();
+            let dense = b.attention_forward(&p, &q, &k, &v, &mut o, &mut lse);
+            let dl = b.upload_layout(&BlockLayout::dense(&p)).unwrap();
+            let sparse = b.sparse_attention_forward(
+                &p,
+                &dl,
+                &q,
+                &k,
+                &v,
+                SparseEpilogue::none(),
+                &mut o,
+                &mut lse,
+            );
+            for r in [dense, sparse] {
+                match r {
+                    Err(Error::Unsupported { ref what, .. }) => {
+                        assert!(
+                            what.contains("head_dim") && what.contains("[64, 128]"),
+                            "{what}"
+                        )
+                    }
+                    other => panic!("D = {d}, Dv = {dv}: expected Unsupported, got {other:?}"),
+                }
+            }
+            assert!(b.download(&o).unwrap().iter().all(|&x| x == 7.0));
+            assert!(b.download(&lse).unwrap().iter().all(|&x| x == 7.0));
+        }
+    }
+
+    /// `block_topk` takes any head dim and, on random inputs (inexact pooled scores), gives
+    /// exactly the CPU backend's layout.
+    #[test]
+    fn block_topk_equals_the_cpu_on_random_inputs() {
+        let b = backend();
+        let cpu = CpuBackend::new();
+        let (mut rng, seed) = fresh_rng();
+        for (shape, causal, topk) in [
+            (AttentionShape::gqa(2, 4, 2, 300, 520, 24), true, (2, 1, 1)),
+            (AttentionShape::gqa(1, 2, 1, 640, 200, 64), true, (1, 1, 2)),
+            (AttentionShape::mha(1, 3, 130, 2200, 40), false, (5, 2, 0)),
+        ] {
+            let p = AttentionParams::new(shape).with_causal(causal);
+            let topk = TopkParams {
+                keep: topk.0,
+                sink: topk.1,
+                local: topk.2,
+            };
+            let (q, _) = random_input::<bf16>(&mut rng, shape.q_len(), 1.0);
+            let (k, _) = random_input::<bf16>(&mut rng, shape.k_len(), 1.0);
+            let got = b
+                .block_topk(&p, &topk, &b.upload(&q).unwrap(), &b.upload(&k).unwrap())
+                .unwrap()
+                .into_host();
+            let want = cpu
+                .block_topk(
+                    &p,
+                    &topk,
+                    &cpu.upload(&q).unwrap(),
+                    &cpu.upload(&k).unwrap(),
+                )
+                .unwrap()
+                .into_host();
+            assert_eq!(
+                got, want,
+                "{p:?} {topk:?}; replay with FLASHNECK_SEED={seed}"
             );
         }
     }
