@@ -2,7 +2,7 @@
 # The GPU check of flashneck's CUDA backend (docs/cuda.md), run from the folder that
 # `cargo xtask gpu-bundle` writes. Needs a CUDA 13 driver, compute-sanitizer and python3 with
 # torch; no Rust. Writes JSON and logs under $OUT (default: ./out next to this script) and prints a
-# short table last. Every step has its own time limit: 90 + 50 + 50 + 170 + 60 = 420 s in all (470 s
+# short table last. Every step has its own time limit: 90 + 60 + 60 + 160 + 60 = 430 s in all (480 s
 # with each step's 10 s kill grace), inside a 600 s device command; the benches pace themselves
 # (--time-budget) to end before their limits, so their reports are always written.
 set -u
@@ -53,16 +53,16 @@ step conformance 90 env FLASHNECK_REQUIRE_CUDA=1 "$HERE/conformance_cuda" --test
 
 # 2. compute-sanitizer over a subset (one launch path of every kernel family), on the small suite:
 #    the sanitizers slow kernels 10-100x.
-SUBSET="grkan::backward_matches_oracle grkan::forward_matches_oracle gumbel::forward_matches_oracle gumbel::backward_matches_oracle gumbel::large_k_and_one_row gumbel::noise_matches_philox"
-step memcheck 50 env FLASHNECK_REQUIRE_CUDA=1 FLASHNECK_CONFORMANCE=small compute-sanitizer --tool memcheck --error-exitcode 1 \
+SUBSET="grkan::backward_matches_oracle grkan::forward_matches_oracle gumbel::forward_matches_oracle gumbel::backward_matches_oracle gumbel::large_k_and_one_row gumbel::noise_matches_philox attention::forward_matches_oracle attention::backward_matches_oracle attention::fully_masked_rows sparse::epilogue_matches_oracle sparse::random_layouts_backward sparse::block_topk_matches_oracle"
+step memcheck 60 env FLASHNECK_REQUIRE_CUDA=1 FLASHNECK_CONFORMANCE=small compute-sanitizer --tool memcheck --error-exitcode 1 \
     --print-limit 20 "$HERE/conformance_cuda" --test-threads=1 $SUBSET
-step racecheck 50 env FLASHNECK_REQUIRE_CUDA=1 FLASHNECK_CONFORMANCE=small compute-sanitizer --tool racecheck --error-exitcode 1 \
+step racecheck 60 env FLASHNECK_REQUIRE_CUDA=1 FLASHNECK_CONFORMANCE=small compute-sanitizer --tool racecheck --error-exitcode 1 \
     --print-limit 20 "$HERE/conformance_cuda" --test-threads=1 $SUBSET
 
 # 3. The benches at the standard sizes (copy bandwidth, bf16 GEMM, the PyTorch peers, all in this
 #    run; --full does not fit the limit), CUDA first.
 if [ -x "$HERE/flashneck-bench" ]; then
-    step bench 170 "$HERE/flashneck-bench" --backend cuda --standard --time-budget 150 --out "$OUT/bench"
+    step bench 160 "$HERE/flashneck-bench" --backend cuda --standard --time-budget 140 --out "$OUT/bench"
 else
     printf 'bench\tmissing\t-\t0\n' >> "$STEPS"
 fi
