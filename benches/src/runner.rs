@@ -87,30 +87,62 @@ impl Pace {
         }
     }
 
-    /// Seconds of measured runs for the next case, per side (ours, the peer's); `None` once
-    /// the deadline has passed. Counts the case as started.
-    fn next_case(&mut self) -> Option<f64> {
+    /// The time the next case may take; `None` once the deadline has passed. Counts the case
+    /// as started.
+    fn next_case(&mut self) -> Option<Allowance> {
         let cases = self.remaining.max(1) as f64;
         self.remaining = self.remaining.saturating_sub(1);
         let full = self.profile.seconds_per_case();
         match self.deadline {
-            None => Some(full),
+            None => Some(Allowance {
+                per_side_s: full,
+                cap_s: None,
+            }),
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now()).as_secs_f64();
-                (left > 0.0).then(|| full.min(left * MEASURED_SHARE / (2.0 * cases)))
+                (left > 0.0).then(|| Allowance {
+                    per_side_s: full.min(left * MEASURED_SHARE / (2.0 * cases)),
+                    cap_s: Some(left * MEASURED_SHARE / 2.0),
+                })
             }
         }
     }
 }
 
-/// How many timed runs fit `seconds`, given one run's time, within the profile's bounds.
-fn runs_for(profile: Profile, seconds: f64, one_run_s: f64) -> usize {
+/// The time one case may take, per side (ours, the peer's).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Allowance {
+    /// Seconds of measured runs aimed at.
+    pub per_side_s: f64,
+    /// Under a deadline, the most a side may take, even if that means fewer runs than the
+    /// profile's minimum (never fewer than one): a call far slower than expected must not run
+    /// the bench past its deadline.
+    pub cap_s: Option<f64>,
+}
+
+impl Allowance {
+    /// The profile's own time per case, no deadline.
+    pub fn unbounded(profile: Profile) -> Self {
+        Allowance {
+            per_side_s: profile.seconds_per_case(),
+            cap_s: None,
+        }
+    }
+}
+
+/// How many timed runs fit the allowance, given one run's time, within the profile's bounds
+/// (and below the allowance's cap, which wins over the profile's minimum).
+fn runs_for(profile: Profile, allow: Allowance, one_run_s: f64) -> usize {
     let n = if one_run_s > 0.0 {
-        (seconds / one_run_s).ceil() as usize
+        (allow.per_side_s / one_run_s).ceil() as usize
     } else {
         profile.max_runs()
     };
-    n.clamp(profile.min_runs(), profile.max_runs())
+    let n = n.clamp(profile.min_runs(), profile.max_runs());
+    match allow.cap_s {
+        Some(cap) if one_run_s > 0.0 => n.min(((cap / one_run_s).floor() as usize).max(1)),
+        _ => n,
+    }
 }
 
 /// Why a case does not run on `b`, when the backend says so up front.
@@ -159,7 +191,7 @@ pub fn run_backend<B: BenchTarget>(
     for case in cases {
         progress.start(&info.name, &case.id());
         let r = match pace.next_case() {
-            Some(seconds) => run_case(b, sel.profile, seconds, case, threads, peer.as_deref_mut()),
+            Some(allow) => run_case(b, sel.profile, allow, case, threads, peer.as_deref_mut()),
             None => CaseResult::skipped(
                 case.clone(),
                 case.op_kind()
@@ -191,12 +223,12 @@ pub fn run_backend<B: BenchTarget>(
 }
 
 /// Run one case: ours (and the peer's, interleaved), each side's measured runs taking about
-/// `seconds` (within the profile's bounds on the number of runs). Rates are filled in later, by
+/// the allowance (within the profile's bounds on the number of runs). Rates are filled in later, by
 /// [`CaseResult::apply_limits`].
 pub fn run_case<B: BenchTarget>(
     b: &B,
     profile: Profile,
-    seconds: f64,
+    allow: Allowance,
     case: &Case,
     threads: usize,
     peer: Option<&mut Peer>,
@@ -228,11 +260,11 @@ pub fn run_case<B: BenchTarget>(
             Ok(t) => warm = warm.min(t),
             Err(e) => return skipped(e),
         }
-        if i == 0 && warm * sets as f64 > seconds {
+        if i == 0 && warm * sets as f64 > allow.per_side_s {
             break;
         }
     }
-    let ours_runs = runs_for(profile, seconds, warm);
+    let ours_runs = runs_for(profile, allow, warm);
 
     // The peer: set up the same case, then alternate rounds with ours.
     let id = case.id();
@@ -244,13 +276,9 @@ pub fn run_case<B: BenchTarget>(
                 p.setup(&id, case, device, threads)
             };
             match setup {
-                Ok((name, warm_s)) => Some((
-                    p,
-                    name,
-                    runs_for(profile, seconds, warm_s),
-                    Vec::new(),
-                    None,
-                )),
+                Ok((name, warm_s)) => {
+                    Some((p, name, runs_for(profile, allow, warm_s), Vec::new(), None))
+                }
                 Err(e) => Some((p, String::new(), 0, Vec::new(), Some(e))),
             }
         }
@@ -312,10 +340,17 @@ mod tests {
 
     #[test]
     fn run_counts_follow_the_budget() {
-        let s = Profile::Quick.seconds_per_case();
-        assert_eq!(runs_for(Profile::Quick, s, 10.0), Profile::Quick.min_runs());
-        assert_eq!(runs_for(Profile::Quick, s, 1e-9), Profile::Quick.max_runs());
-        assert_eq!(runs_for(Profile::Quick, s, 0.06), 10);
+        let a = Allowance::unbounded(Profile::Quick);
+        assert_eq!(runs_for(Profile::Quick, a, 10.0), Profile::Quick.min_runs());
+        assert_eq!(runs_for(Profile::Quick, a, 1e-9), Profile::Quick.max_runs());
+        assert_eq!(runs_for(Profile::Quick, a, 0.06), 10);
+        // A cap wins over the minimum, down to one run.
+        let capped = Allowance {
+            cap_s: Some(2.5),
+            ..a
+        };
+        assert_eq!(runs_for(Profile::Quick, capped, 1.0), 2);
+        assert_eq!(runs_for(Profile::Quick, capped, 10.0), 1);
     }
 
     #[test]
@@ -324,13 +359,14 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(
                 unbounded.next_case(),
-                Some(Profile::Standard.seconds_per_case())
+                Some(Allowance::unbounded(Profile::Standard))
             );
         }
         // 10 s for 100 cases: half of it measured, over two sides: 0.025 s per side.
         let mut tight = Pace::new(Profile::Standard, Some(10.0), 100);
-        let s = tight.next_case().expect("before the deadline");
-        assert!(s > 0.02 && s <= 0.025, "{s}");
+        let a = tight.next_case().expect("before the deadline");
+        assert!(a.per_side_s > 0.02 && a.per_side_s <= 0.025, "{a:?}");
+        assert!(a.cap_s.is_some_and(|c| c > 2.0 && c <= 2.5), "{a:?}");
         let mut spent = Pace::new(Profile::Standard, Some(0.0), 3);
         assert_eq!(spent.next_case(), None);
     }
