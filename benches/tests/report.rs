@@ -33,6 +33,7 @@ fn figures(res: &Results) -> Vec<String> {
                 }
                 Status::Unsupported => v.push("unsupported".into()),
                 Status::Failed => v.push("FAILED".into()),
+                Status::OutOfTime => v.push("out of time".into()),
             }
             if let Some(p) = &c.peer {
                 if let Some(t) = &p.time {
@@ -53,6 +54,7 @@ fn recorded_results_cover_every_status_and_a_peer() {
     assert!(cases.iter().any(|c| c.status == Status::Ok));
     assert!(cases.iter().any(|c| c.status == Status::Unsupported));
     assert!(cases.iter().any(|c| c.status == Status::Failed));
+    assert!(cases.iter().any(|c| c.status == Status::OutOfTime));
     assert!(
         cases
             .iter()
