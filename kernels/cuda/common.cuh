@@ -7,6 +7,7 @@
 
 #if defined(FLASHNECK_EMU)
 #include "emu/cuda_emu.h"
+#include <vector>
 #else
 // Under NVRTC: exports are the kernels themselves; dynamic shared memory is one extern array of
 // bytes (declared per kernel under one name so that kernels of different element types coexist).
@@ -381,21 +382,73 @@ __device__ __forceinline__ void fn_ldmatrix_x4_trans(unsigned r[4], const void* 
 #endif
 
 // ---- cp.async: 16-byte global -> shared copies in commit groups ------------------------------
-// The emulator copies at issue time (a legal schedule of the asynchronous copy; it cannot show a
-// missing wait) and checks the 16-byte alignment the instruction requires.
+// The emulator completes each copy as LATE as the PTX rules allow: at issue the destination is
+// filled with 0xff bytes (NaN in every float type), and the data lands only at the first
+// `fn_cp_async_wait<N>` whose group count covers it (its group is older than the N most recent
+// ones). A missing or miscounted wait, or a refill of a buffer other threads still read, then
+// reads NaN instead of passing unnoticed. It also checks the 16-byte alignment the instruction
+// requires, and that no copy is still pending when its block ends.
 #if defined(FLASHNECK_EMU)
+
+namespace fn_emu {
+struct CpPending {
+    void* dst;
+    const void* src;
+    unsigned long long group;
+};
+// One CUDA thread's copies in flight. A block runs on one OS thread, so the state of its
+// threads lives in an OS-thread-local table indexed by the linear thread id; `owner` names the
+// block (and grid) the entries belong to.
+struct CpState {
+    std::vector<CpPending> pending;
+    unsigned long long committed = 0;
+    unsigned owner[6] = {~0u, ~0u, ~0u, ~0u, ~0u, ~0u};
+};
+inline CpState& cp_state() {
+    static thread_local std::vector<CpState> table(1024);
+    unsigned lin = threadIdx.x + threadIdx.y * blockDim.x + threadIdx.z * blockDim.x * blockDim.y;
+    CpState& st = table[lin];
+    const unsigned me[6] = {blockIdx.x, blockIdx.y, blockIdx.z, gridDim.x, gridDim.y, gridDim.z};
+    if (memcmp(st.owner, me, sizeof me) != 0) {
+        if (!st.pending.empty()) {
+            st.pending.clear();
+            fn_emu_fault("cp.async: a copy was still in flight when its block ended "
+                         "(missing fn_cp_async_commit + fn_cp_async_wait<0>)");
+        }
+        st.committed = 0;
+        memcpy(st.owner, me, sizeof me);
+    }
+    return st;
+}
+}  // namespace fn_emu
 
 __device__ __forceinline__ void fn_cp_async_16(void* smem_dst, const void* gmem_src) {
     if ((((unsigned long long)smem_dst | (unsigned long long)gmem_src) & 15u) != 0) {
         fn_emu_fault("cp.async.cg 16: source or destination is not 16-byte aligned");
     }
-    memcpy(smem_dst, gmem_src, 16);
+    fn_emu::CpState& me = fn_emu::cp_state();
+    memset(smem_dst, 0xff, 16);  // poisoned until a wait covers the copy
+    me.pending.push_back({smem_dst, gmem_src, me.committed});
 }
 
-__device__ __forceinline__ void fn_cp_async_commit() {}
+__device__ __forceinline__ void fn_cp_async_commit() { fn_emu::cp_state().committed++; }
 
+// Complete every copy of a group older than the N most recent committed groups (copies not yet
+// committed belong to no group and stay in flight, as on the hardware).
 template <int N>
-__device__ __forceinline__ void fn_cp_async_wait() {}
+__device__ __forceinline__ void fn_cp_async_wait() {
+    fn_emu::CpState& me = fn_emu::cp_state();
+    size_t kept = 0;
+    for (size_t i = 0; i < me.pending.size(); ++i) {
+        const fn_emu::CpPending c = me.pending[i];
+        if (c.group + N < me.committed) {
+            memcpy(c.dst, c.src, 16);
+        } else {
+            me.pending[kept++] = c;
+        }
+    }
+    me.pending.resize(kept);
+}
 
 #else  // NVRTC
 

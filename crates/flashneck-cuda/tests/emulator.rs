@@ -934,6 +934,39 @@ fn cp_async_copies_and_faults_when_misaligned() {
 }
 
 #[test]
+fn cp_async_copies_land_only_at_the_wait_covering_their_group() {
+    let (mut rng, seed) = fresh_rng();
+    let src: Vec<f32> = (0..512).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+    // 16-byte aligned storage for the source.
+    let chunks: Vec<[f32; 4]> = src.chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect();
+    let run = |waited: i32| {
+        let mut dst = vec![0.0f32; 512];
+        let (mut sp, mut dp, mut w) = (chunks.as_ptr().cast::<f32>(), dst.as_mut_ptr(), waited);
+        // SAFETY: each argument points at a local of the kernel's parameter type, and the buffers
+        // they point at outlive the call and cover every element this launch reads or writes.
+        unsafe {
+            emu::launch(
+                "emu_selftest_cp_async_groups",
+                &cfg([1, 1, 1], [64, 1, 1], 0),
+                &mut args!(sp, dp, w),
+            )
+        }
+        .unwrap();
+        dst
+    };
+    // Both groups waited for: everything landed.
+    assert_eq!(run(0), src, "seed {seed}");
+    // Only the older group waited for: the newer one still reads as poison (a kernel that
+    // waits too little fails on the emulator instead of passing by luck).
+    let early = run(1);
+    assert_eq!(early[..256], src[..256], "seed {seed}");
+    assert!(
+        early[256..].iter().all(|v| v.to_bits() == u32::MAX),
+        "seed {seed}: the second group landed before its wait"
+    );
+}
+
+#[test]
 fn reverse_schedule_exposes_a_missing_barrier() {
     let (mut rng, seed) = fresh_rng();
     let x: Vec<f32> = (0..256).map(|_| rng.gen_range(1.0f32..2.0)).collect();
