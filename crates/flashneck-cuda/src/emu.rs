@@ -138,15 +138,24 @@ pub enum Schedule {
     /// Decreasing thread index: a kernel that reads shared memory another thread writes without a
     /// barrier in between gets a different result in one of the two orders.
     Reverse,
+    /// Increasing index, and a warp whose collective (shuffle, ldmatrix, mma) completes runs on
+    /// to its next barrier before later warps run: shows a missing barrier between warps even
+    /// where each warp's first collective would otherwise keep all warps in lockstep.
+    ForwardRunAhead,
+    /// Decreasing index with run-ahead.
+    ReverseRunAhead,
 }
 
 /// Sets the schedule of every later launch in this process; `None` restores the default (env
-/// `FLASHNECK_EMU_SCHEDULE=reverse`, else forward). A correct kernel gives the same results in both.
+/// `FLASHNECK_EMU_SCHEDULE=reverse|run-ahead|reverse-run-ahead`, else forward). A correct kernel
+/// gives the same results in every schedule.
 pub fn set_schedule(schedule: Option<Schedule>) {
     let order = match schedule {
         None => -1,
         Some(Schedule::Forward) => 0,
         Some(Schedule::Reverse) => 1,
+        Some(Schedule::ForwardRunAhead) => 2,
+        Some(Schedule::ReverseRunAhead) => 3,
     };
     // SAFETY: stores a number into an atomic; every value is valid.
     unsafe { flashneck_emu_set_schedule(order) }

@@ -5,7 +5,8 @@
 //! checked on its own), **both** head dims run in every dtype, dense and sparse, each on a shape
 //! with several 64-row blocks, ragged ends, `Lq ≠ Lk`, GQA and causal (fully masked rows where
 //! `Lq > Lk`), against the f64 oracle with NaN-poisoned outputs; and head dims without a
-//! compiled kernel are refused with `Unsupported` before any launch.
+//! compiled kernel are refused with `Unsupported` before any launch. The kernels give the same
+//! bits in each of the emulator's schedules, which shows a missing barrier (see [`SCHEDULES`]).
 
 use flashneck_conformance::{assert_close, fresh_rng, nan_buffer, random_input};
 use flashneck_core::{
@@ -15,6 +16,7 @@ use flashneck_core::{
 use flashneck_cpu::CpuBackend;
 use flashneck_cpu::oracle::attention as oracle;
 use flashneck_cuda::CudaBackend;
+use flashneck_cuda::emu::{self, Schedule};
 use rand::{Rng, rngs::StdRng};
 
 /// `(o, lse)` of the CPU backend, dense or over `layout`.
@@ -92,6 +94,66 @@ fn cuda_backward<T: Element>(
     )
 }
 
+/// Random inputs of one case, with `O` and `LSE` from the CPU forward, and their f64 copies.
+struct Case<T> {
+    q: (Vec<T>, Vec<f64>),
+    k: (Vec<T>, Vec<f64>),
+    v: (Vec<T>, Vec<f64>),
+    d_o: (Vec<T>, Vec<f64>),
+    o: Vec<T>,
+    lse: Vec<f32>,
+}
+
+impl<T: Element> Case<T> {
+    fn random(p: &AttentionParams, layout: Option<&BlockLayout>, rng: &mut StdRng) -> Self {
+        let s = &p.shape;
+        let q = random_input::<T>(rng, s.q_len(), 1.0);
+        let k = random_input::<T>(rng, s.k_len(), 1.0);
+        let v = random_input::<T>(rng, s.v_len(), 1.0);
+        let d_o = random_input::<T>(rng, s.o_len(), 1.0);
+        let (o, lse) = cpu_forward(p, layout, &q.0, &k.0, &v.0);
+        Case {
+            q,
+            k,
+            v,
+            d_o,
+            o,
+            lse,
+        }
+    }
+
+    /// The emulated CUDA backward of this case.
+    fn cuda(
+        &self,
+        b: &CudaBackend,
+        p: &AttentionParams,
+        layout: Option<&BlockLayout>,
+    ) -> (Vec<T>, Vec<T>, Vec<T>) {
+        let (q, k, v, d_o) = (&self.q.0, &self.k.0, &self.v.0, &self.d_o.0);
+        cuda_backward(b, p, layout, q, k, v, &self.o, d_o, &self.lse)
+    }
+
+    /// `(dq, dk, dv)` against the f64 oracle.
+    fn assert_matches_oracle(
+        &self,
+        p: &AttentionParams,
+        layout: Option<&BlockLayout>,
+        got: &(Vec<T>, Vec<T>, Vec<T>),
+        seed: u64,
+    ) {
+        let o64: Vec<f64> = self.o.iter().map(|x| x.to_f64()).collect();
+        let lse64: Vec<f64> = self.lse.iter().map(|&x| x as f64).collect();
+        let (q, k, v, d_o) = (&self.q.1, &self.k.1, &self.v.1, &self.d_o.1);
+        let (dq_ref, dk_ref, dv_ref) =
+            oracle::attention_backward(p, layout, q, k, v, &o64, d_o, &lse64);
+        let tol = T::DTYPE.reduction_tolerance();
+        let tag = format!("{} sparse={} {p:?}", T::DTYPE, layout.is_some());
+        assert_close(&format!("{tag}: dq"), &got.0, &dq_ref, tol, seed);
+        assert_close(&format!("{tag}: dk"), &got.1, &dk_ref, tol, seed);
+        assert_close(&format!("{tag}: dv"), &got.2, &dv_ref, tol, seed);
+    }
+}
+
 /// One case against the oracle.
 fn check<T: Element>(
     p: &AttentionParams,
@@ -99,23 +161,10 @@ fn check<T: Element>(
     rng: &mut StdRng,
     seed: u64,
 ) {
-    let s = &p.shape;
-    let (q, q64) = random_input::<T>(rng, s.q_len(), 1.0);
-    let (k, k64) = random_input::<T>(rng, s.k_len(), 1.0);
-    let (v, v64) = random_input::<T>(rng, s.v_len(), 1.0);
-    let (d_o, d_o64) = random_input::<T>(rng, s.o_len(), 1.0);
-    let (o, lse) = cpu_forward(p, layout, &q, &k, &v);
+    let case = Case::<T>::random(p, layout, rng);
     let b = CudaBackend::emulated().unwrap();
-    let (dq, dk, dv) = cuda_backward(&b, p, layout, &q, &k, &v, &o, &d_o, &lse);
-    let o64: Vec<f64> = o.iter().map(|x| x.to_f64()).collect();
-    let lse64: Vec<f64> = lse.iter().map(|&x| x as f64).collect();
-    let (dq_ref, dk_ref, dv_ref) =
-        oracle::attention_backward(p, layout, &q64, &k64, &v64, &o64, &d_o64, &lse64);
-    let tol = T::DTYPE.reduction_tolerance();
-    let tag = format!("{} sparse={} {p:?}", T::DTYPE, layout.is_some());
-    assert_close(&format!("{tag}: dq"), &dq, &dq_ref, tol, seed);
-    assert_close(&format!("{tag}: dk"), &dk, &dk_ref, tol, seed);
-    assert_close(&format!("{tag}: dv"), &dv, &dv_ref, tol, seed);
+    let got = case.cuda(&b, p, layout);
+    case.assert_matches_oracle(p, layout, &got, seed);
 }
 
 fn params(
@@ -141,7 +190,10 @@ fn random_layout(p: &AttentionParams, rng: &mut StdRng) -> BlockLayout {
 }
 
 /// Both head dims, dense and over a random layout: `Lq > Lk` causal (rows 0..Lq−Lk see no key)
-/// with GQA 2:1, and `Lq < Lk` causal over a random layout with GQA 4:1.
+/// with GQA 2:1, and `Lq < Lk` causal over a random layout with GQA 4:1. Then the thin edges of
+/// the tiles, dense: one query row (a streamed query tile of one real row, the rest zero-padded)
+/// under GQA 8:1, and fewer keys than a streamed key tile (16 or 32 rows) with most rows fully
+/// masked.
 fn cases<T: Element>() {
     let (mut rng, seed) = fresh_rng();
     for d in [64, 128] {
@@ -149,6 +201,8 @@ fn cases<T: Element>() {
         let p = params(1, 4, 1, 100, 170, d, true);
         let layout = random_layout(&p, &mut rng);
         check::<T>(&p, Some(&layout), &mut rng, seed);
+        check::<T>(&params(1, 8, 1, 1, 130, d, true), None, &mut rng, seed);
+        check::<T>(&params(1, 2, 1, 20, 5, d, true), None, &mut rng, seed);
     }
 }
 
@@ -239,4 +293,73 @@ fn no_queries_gives_zero_dk_dv() {
             );
         }
     }
+}
+
+/// The emulator's schedules (docs/cuda-emulator.md, "Races") that [`schedules`] compares. A
+/// `__syncthreads` missing between a shared-memory write and another thread's read shows in one
+/// of them (checked by deleting each barrier in turn): the tensor-core kernels' barriers only in
+/// the run-ahead ones, where a warp runs past its collectives (ldmatrix, mma) before the next
+/// warp starts. The other tests run in the default (increasing) order only.
+const SCHEDULES: [Schedule; 4] = [
+    Schedule::Forward,
+    Schedule::Reverse,
+    Schedule::ForwardRunAhead,
+    Schedule::ReverseRunAhead,
+];
+
+/// Every schedule of [`SCHEDULES`] on the cases of [`cases`]: the same bits, and right.
+fn schedules<T: Element>() {
+    let (mut rng, seed) = fresh_rng();
+    let b = CudaBackend::emulated().unwrap();
+    for d in [64, 128] {
+        let dense = params(1, 4, 2, 150, 70, d, true);
+        let sparse = params(1, 4, 1, 100, 170, d, true);
+        let layout = random_layout(&sparse, &mut rng);
+        for (p, l) in [(&dense, None), (&sparse, Some(&layout))] {
+            let case = Case::<T>::random(p, l, &mut rng);
+            let run = |schedule| {
+                emu::set_schedule(Some(schedule));
+                let out = case.cuda(&b, p, l);
+                emu::set_schedule(None);
+                out
+            };
+            let first = run(SCHEDULES[0]);
+            case.assert_matches_oracle(p, l, &first, seed);
+            for schedule in &SCHEDULES[1..] {
+                let other = run(*schedule);
+                for (name, x, y) in [
+                    ("dq", &first.0, &other.0),
+                    ("dk", &first.1, &other.1),
+                    ("dv", &first.2, &other.2),
+                ] {
+                    let differ = x
+                        .iter()
+                        .zip(y)
+                        .filter(|(a, b)| a.to_f64().to_bits() != b.to_f64().to_bits());
+                    assert_eq!(
+                        differ.count(),
+                        0,
+                        "seed {seed}: {name} of {} sparse={} {p:?} differs between schedules \
+                         {:?} and {schedule:?}",
+                        T::DTYPE,
+                        l.is_some(),
+                        SCHEDULES[0]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn both_thread_orders_f32() {
+    schedules::<f32>();
+}
+#[test]
+fn both_thread_orders_f16() {
+    schedules::<half::f16>();
+}
+#[test]
+fn both_thread_orders_bf16() {
+    schedules::<half::bf16>();
 }

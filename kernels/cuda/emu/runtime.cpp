@@ -554,20 +554,27 @@ __attribute__((noinline)) void start_context(Fiber& f) {
 
 // ---- one block -------------------------------------------------------------------------------
 
-// The order in which the scheduler resumes ready threads (see flashneck_emu_set_schedule).
+// The order in which the scheduler resumes ready threads (see flashneck_emu_set_schedule):
+// bit 0 = decreasing index, bit 1 = run-ahead (a warp whose collective completes runs on at once).
 std::atomic<int> schedule_override{-1};
+constexpr int kScheduleReverse = 1, kScheduleRunAhead = 2;
 
-bool reverse_schedule() {
-    static const bool from_env = [] {
+int schedule_flags() {
+    static const int from_env = [] {
         const char* v = getenv("FLASHNECK_EMU_SCHEDULE");
-        return v != nullptr && strcmp(v, "reverse") == 0;
+        if (v == nullptr) return 0;
+        if (strcmp(v, "reverse") == 0) return kScheduleReverse;
+        if (strcmp(v, "run-ahead") == 0) return kScheduleRunAhead;
+        if (strcmp(v, "reverse-run-ahead") == 0) return kScheduleReverse | kScheduleRunAhead;
+        return 0;
     }();
     const int forced = schedule_override.load();
-    return forced < 0 ? from_env : forced == 1;
+    return forced < 0 ? from_env : forced;
 }
 
 bool run_block(Worker& w, const flashneck_emu_launch_config& cfg, dim3 block_idx, std::string& error) {
-    const bool reverse = reverse_schedule();
+    const int flags = schedule_flags();
+    const bool reverse = (flags & kScheduleReverse) != 0, run_ahead = (flags & kScheduleRunAhead) != 0;
     const unsigned bx = cfg.block[0], by = cfg.block[1], bz = cfg.block[2];
     const unsigned n = bx * by * bz;
     if (!w.ensure_fibers(n, error)) return false;
@@ -613,6 +620,15 @@ bool run_block(Worker& w, const flashneck_emu_launch_config& cfg, dim3 block_idx
             if (f.state == State::AtWarp && !try_resolve_warp(w, i / 32, w.fault)) {
                 error = block_report(w, "emulator fault") + ": " + w.fault;
                 return false;
+            }
+            if (run_ahead && f.state == State::Ready) {
+                // Its collective completed: the warp runs on to its next barrier before the sweep
+                // moves to the next warp. Otherwise every warp advances one collective per sweep,
+                // in lockstep, and a warp reading (by ldmatrix, after a first collective) a tile
+                // other warps have not staged yet, or restaging a tile they still read, is hidden.
+                const unsigned warp = i / 32;
+                const unsigned first = reverse ? std::min(n - 1, warp * 32 + 31) : warp * 32;
+                k = (reverse ? n - 1 - first : first) - 1;  // the loop's ++k follows (wraps at 0)
             }
         }
         if (ran) continue;
@@ -672,8 +688,8 @@ void write_error(const std::string& message, char* err, unsigned long err_len) {
 
 extern "C" void flashneck_emu_set_threads(unsigned threads) { threads_override.store(threads); }
 
-// 0: threads resume in increasing index order, 1: decreasing, -1: env FLASHNECK_EMU_SCHEDULE
-// ("reverse" or anything else for forward).
+// 0: threads resume in increasing index order, 1: decreasing, +2: run-ahead (see run_block);
+// -1: env FLASHNECK_EMU_SCHEDULE ("reverse", "run-ahead", "reverse-run-ahead", else forward).
 extern "C" void flashneck_emu_set_schedule(int order) { schedule_override.store(order); }
 
 extern "C" int flashneck_emu_built_with_asan() { return FN_EMU_ASAN; }
