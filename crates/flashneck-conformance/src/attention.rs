@@ -168,18 +168,67 @@ pub(crate) fn check_backward<B: Kernels, T: Element>(
     let Some((o, lse)) = run_forward(b, p, layout, x, None, None) else {
         return;
     };
+    check_backward_from(b, what, p, layout, x, &o, &lse, rng, seed);
+}
+
+/// `(dq, dk, dv)` on the host.
+type Grads<T> = (Vec<T>, Vec<T>, Vec<T>);
+
+/// [`check_backward`] from given forward outputs; returns the backend's `(dq, dk, dv)` and the
+/// `dO` it used, or `None` when the backend does not claim the op.
+#[allow(clippy::too_many_arguments)]
+fn check_backward_from<B: Kernels, T: Element>(
+    b: &B,
+    what: &str,
+    p: &AttentionParams,
+    layout: Option<&BlockLayout>,
+    x: &Inputs<T>,
+    o: &[T],
+    lse: &[f32],
+    rng: &mut StdRng,
+    seed: u64,
+) -> Option<(Grads<T>, Vec<T>)> {
     let d_o = random_input::<T>(rng, p.shape.o_len(), 1.0);
-    let Some((dq, dk, dv)) = run_backward(b, p, layout, x, &o, &d_o.0, &lse) else {
-        return;
-    };
+    let (dq, dk, dv) = run_backward(b, p, layout, x, o, &d_o.0, lse)?;
     let o64: Vec<f64> = o.iter().map(|v| v.to_f64()).collect();
     let (dq_ref, dk_ref, dv_ref) =
-        oracle::attention_backward(p, layout, &x.q.1, &x.k.1, &x.v.1, &o64, &d_o.1, &f64s(&lse));
+        oracle::attention_backward(p, layout, &x.q.1, &x.k.1, &x.v.1, &o64, &d_o.1, &f64s(lse));
     let tol = T::DTYPE.reduction_tolerance();
     let tag = format!("{what} {} {p:?}", T::DTYPE);
     assert_close(&format!("{tag}: dq"), &dq, &dq_ref, tol, seed);
     assert_close(&format!("{tag}: dk"), &dk, &dk_ref, tol, seed);
     assert_close(&format!("{tag}: dv"), &dv, &dv_ref, tol, seed);
+    Some(((dq, dk, dv), d_o.0))
+}
+
+/// One fixed case, for a backend's own tests of shapes the property tests do not reach (long
+/// tile loops, thin edges): forward and backward of `p` (dense, or sparse over `layout`) on
+/// fresh random inputs from `seed` against the oracle, and the backward run a second time with
+/// the same bits. Does nothing (after a `skip:` line) for ops the backend does not claim.
+pub fn check_case<B: Kernels, T: Element>(
+    b: &B,
+    what: &str,
+    p: &AttentionParams,
+    layout: Option<&BlockLayout>,
+    seed: u64,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let x = Inputs::<T>::random(p, &mut rng, 1.0);
+    let Some((o, lse)) = check_forward(b, what, p, layout, &x, seed) else {
+        return;
+    };
+    let Some((grads, d_o)) = check_backward_from(b, what, p, layout, &x, &o, &lse, &mut rng, seed)
+    else {
+        return;
+    };
+    let again = run_backward(b, p, layout, &x, &o, &d_o, &lse).expect("ran once already");
+    let tag = format!("{what} {} {p:?} seed {seed}", T::DTYPE);
+    assert!(
+        bits(&grads.0) == bits(&again.0)
+            && bits(&grads.1) == bits(&again.1)
+            && bits(&grads.2) == bits(&again.2),
+        "{tag}: the backward gave other bits on a second run"
+    );
 }
 
 /// `s` with head dims the backend takes: clamped to `UpTo(m)`, or the closest of

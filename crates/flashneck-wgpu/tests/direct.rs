@@ -544,8 +544,7 @@ fn gumbel_matches_oracle_bf16() {
 // ---------------------------------------------------------------- attention
 
 use flashneck_core::{
-    AttentionOps, AttentionParams, AttentionShape, BlockLayout, SparseAttentionOps, SparseEpilogue,
-    TopkParams,
+    AttentionParams, AttentionShape, BlockLayout, SparseAttentionOps, SparseEpilogue, TopkParams,
 };
 
 /// Random Q, K, V for `p`, as `T` and as f64.
@@ -566,120 +565,10 @@ impl<T: Element> Qkv<T> {
     }
 }
 
-fn f64s<T: Element>(v: &[T]) -> Vec<f64> {
-    v.iter().map(|x| x.to_f64()).collect()
-}
-
-/// Forward and backward over `layout` (dense when `None`) against the oracle; the backward
-/// uses the oracle's O and LSE as inputs so that it is checked on its own.
+/// Forward and backward over `layout` (dense when `None`) against the oracle, and the backward's
+/// bits run to run (the suite's shared check for fixed cases).
 fn attention_case<T: Element>(p: AttentionParams, layout: Option<&BlockLayout>, seed: u64) {
-    let b = backend();
-    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
-    let s = p.shape;
-    let x = Qkv::<T>::random(&p, &mut rng);
-    let (qd, kd, vd) = (
-        b.upload(&x.q.0).unwrap(),
-        b.upload(&x.k.0).unwrap(),
-        b.upload(&x.v.0).unwrap(),
-    );
-    let what = format!(
-        "attention {} {p:?} sparse={} seed {seed}",
-        T::DTYPE,
-        layout.is_some()
-    );
-    let tol = T::DTYPE.reduction_tolerance();
-    let dl = layout.map(|l| {
-        (
-            b.upload_layout(l).unwrap(),
-            b.upload_layout(&l.transpose()).unwrap(),
-        )
-    });
-
-    let mut o = nan_buffer::<_, T>(&b, s.o_len());
-    let mut lse = nan_buffer::<_, f32>(&b, s.lse_len());
-    match &dl {
-        None => b.attention_forward(&p, &qd, &kd, &vd, &mut o, &mut lse),
-        Some((l, _)) => b.sparse_attention_forward(
-            &p,
-            l,
-            &qd,
-            &kd,
-            &vd,
-            SparseEpilogue::none(),
-            &mut o,
-            &mut lse,
-        ),
-    }
-    .unwrap();
-    let (wo, wlse) =
-        oracle::attention::attention_forward(&p, layout, &x.q.1, &x.k.1, &x.v.1, None, None);
-    assert_close(
-        &format!("{what} o"),
-        &b.download(&o).unwrap(),
-        &wo,
-        tol,
-        seed,
-    );
-    assert_close(
-        &format!("{what} lse"),
-        &b.download(&lse).unwrap(),
-        &wlse,
-        1e-4,
-        seed,
-    );
-
-    let (d_o, d_o64) = random_input::<T>(&mut rng, s.o_len(), 1.0);
-    let o_t: Vec<T> = wo.iter().map(|&v| T::from_f64(v)).collect();
-    let lse_t: Vec<f32> = wlse.iter().map(|&v| v as f32).collect();
-    let (od, dod, lsed) = (
-        b.upload(&o_t).unwrap(),
-        b.upload(&d_o).unwrap(),
-        b.upload(&lse_t).unwrap(),
-    );
-    let mut dq = nan_buffer::<_, T>(&b, s.q_len());
-    let mut dk = nan_buffer::<_, T>(&b, s.k_len());
-    let mut dv = nan_buffer::<_, T>(&b, s.v_len());
-    match &dl {
-        None => b.attention_backward(
-            &p, &qd, &kd, &vd, &od, &dod, &lsed, &mut dq, &mut dk, &mut dv,
-        ),
-        Some((l, lt)) => b.sparse_attention_backward(
-            &p, l, lt, &qd, &kd, &vd, &od, &dod, &lsed, &mut dq, &mut dk, &mut dv,
-        ),
-    }
-    .unwrap();
-    let lse64: Vec<f64> = lse_t.iter().map(|&v| v as f64).collect();
-    let (wdq, wdk, wdv) = oracle::attention::attention_backward(
-        &p,
-        layout,
-        &x.q.1,
-        &x.k.1,
-        &x.v.1,
-        &f64s(&o_t),
-        &d_o64,
-        &lse64,
-    );
-    assert_close(
-        &format!("{what} dq"),
-        &b.download(&dq).unwrap(),
-        &wdq,
-        tol,
-        seed,
-    );
-    assert_close(
-        &format!("{what} dk"),
-        &b.download(&dk).unwrap(),
-        &wdk,
-        tol,
-        seed,
-    );
-    assert_close(
-        &format!("{what} dv"),
-        &b.download(&dv).unwrap(),
-        &wdv,
-        tol,
-        seed,
-    );
+    flashneck_conformance::attention::check_case::<_, T>(&backend(), "attention", &p, layout, seed);
 }
 
 /// Ragged shapes: D != Dv, D = 256, GQA, MQA, Lq > Lk and Lq < Lk under causal masking.

@@ -9,95 +9,15 @@
 mod common;
 
 use common::backend;
-use flashneck_conformance::{assert_close, fresh_rng, nan_buffer, random_input};
-use flashneck_core::{
-    AttentionOps, AttentionParams, AttentionShape, Backend, BlockLayout, Element,
-    SparseAttentionOps, SparseEpilogue,
-};
-use flashneck_cpu::oracle::attention as oracle;
-use flashneck_wgpu::WgpuBackend;
+use flashneck_conformance::{attention::check_case, fresh_rng};
+use flashneck_core::{AttentionParams, AttentionShape, BlockLayout, Element};
 use half::f16;
 
-/// dQ, dK, dV on the device.
-type Grads<T> = (Vec<T>, Vec<T>, Vec<T>);
-
-/// Forward and backward of `p` (sparse over `layout` when given) against the f64 oracle; the
-/// backward runs twice and must give the same bits.
+/// Forward and backward of `p` (sparse over `layout` when given) against the f64 oracle, the
+/// backward twice with the same bits.
 fn check<T: Element>(p: AttentionParams, layout: Option<&BlockLayout>) {
-    let b = backend();
-    let (mut rng, seed) = fresh_rng();
-    let s = p.shape;
-    let what = format!("{} {p:?} sparse={} seed {seed}", T::DTYPE, layout.is_some());
-    let (q, q64) = random_input::<T>(&mut rng, s.q_len(), 1.0);
-    let (k, k64) = random_input::<T>(&mut rng, s.k_len(), 1.0);
-    let (v, v64) = random_input::<T>(&mut rng, s.v_len(), 1.0);
-    let (d_o, d_o64) = random_input::<T>(&mut rng, s.o_len(), 1.0);
-    let up = |x: &[T]| b.upload(x).unwrap();
-    let (qd, kd, vd, dod) = (up(&q), up(&k), up(&v), up(&d_o));
-    let dl = layout.map(|l| {
-        (
-            b.upload_layout(l).unwrap(),
-            b.upload_layout(&l.transpose()).unwrap(),
-        )
-    });
-    let tol = T::DTYPE.reduction_tolerance();
-
-    let mut o = nan_buffer::<_, T>(&b, s.o_len());
-    let mut lse = nan_buffer::<_, f32>(&b, s.lse_len());
-    match &dl {
-        None => b.attention_forward(&p, &qd, &kd, &vd, &mut o, &mut lse),
-        Some((l, _)) => b.sparse_attention_forward(
-            &p,
-            l,
-            &qd,
-            &kd,
-            &vd,
-            SparseEpilogue::none(),
-            &mut o,
-            &mut lse,
-        ),
-    }
-    .unwrap();
-    let (wo, wlse) = oracle::attention_forward(&p, layout, &q64, &k64, &v64, None, None);
-    let o_host = b.download(&o).unwrap();
-    let lse_host = b.download(&lse).unwrap();
-    assert_close(&format!("{what} o"), &o_host, &wo, tol, seed);
-    assert_close(&format!("{what} lse"), &lse_host, &wlse, 1e-4, seed);
-
-    // The backward from the device's own O and LSE (the oracle gets the same values).
-    let run = |b: &WgpuBackend| -> Grads<T> {
-        let mut dq = nan_buffer::<_, T>(b, s.q_len());
-        let mut dk = nan_buffer::<_, T>(b, s.k_len());
-        let mut dv = nan_buffer::<_, T>(b, s.v_len());
-        match &dl {
-            None => {
-                b.attention_backward(&p, &qd, &kd, &vd, &o, &dod, &lse, &mut dq, &mut dk, &mut dv)
-            }
-            Some((l, lt)) => b.sparse_attention_backward(
-                &p, l, lt, &qd, &kd, &vd, &o, &dod, &lse, &mut dq, &mut dk, &mut dv,
-            ),
-        }
-        .unwrap();
-        (
-            b.download(&dq).unwrap(),
-            b.download(&dk).unwrap(),
-            b.download(&dv).unwrap(),
-        )
-    };
-    let (dq, dk, dv) = run(&b);
-    let f64s = |x: &[T]| x.iter().map(|v| v.to_f64()).collect::<Vec<_>>();
-    let lse64: Vec<f64> = lse_host.iter().map(|&v| v as f64).collect();
-    let (wdq, wdk, wdv) =
-        oracle::attention_backward(&p, layout, &q64, &k64, &v64, &f64s(&o_host), &d_o64, &lse64);
-    assert_close(&format!("{what} dq"), &dq, &wdq, tol, seed);
-    assert_close(&format!("{what} dk"), &dk, &wdk, tol, seed);
-    assert_close(&format!("{what} dv"), &dv, &wdv, tol, seed);
-    let bits = |x: &[T]| x.iter().map(|v| v.to_f64().to_bits()).collect::<Vec<_>>();
-    let (dq2, dk2, dv2) = run(&b);
-    assert!(
-        bits(&dq) == bits(&dq2) && bits(&dk) == bits(&dk2) && bits(&dv) == bits(&dv2),
-        "{what}: the backward differs between runs"
-    );
+    let (_, seed) = fresh_rng();
+    check_case::<_, T>(&backend(), "long workgroups", &p, layout, seed);
 }
 
 /// dK/dV: one key tile's workgroup loops over 8 query heads × 9 query tiles, 17 barriers each
