@@ -15,8 +15,8 @@ use crate::device::{Arg, Device, LaunchConfig};
 use crate::memory::CudaBuffer;
 use crate::{CudaBackend, elem_suffix, fits_i32};
 use flashneck_core::{
-    AttentionParams, BlockLayout, DType, DeviceBuffer, DeviceLayout, Element, Error, Result,
-    SparseEpilogue, TopkParams,
+    AttentionParams, AttentionShape, BlockLayout, DType, DeviceBuffer, DeviceLayout, Element,
+    Error, Result, SparseEpilogue, TopkParams,
 };
 
 /// Head dims (`D = Dv`) with compiled attention kernels.
@@ -42,6 +42,15 @@ pub(crate) fn check_attention(dev: &Device, p: &AttentionParams) -> Result<usize
             ),
         ));
     }
+    fits_kernels(dev, s)?;
+    for (what, v) in [("v elements", s.v_len()), ("o elements", s.o_len())] {
+        fits_i32(dev, what, v)?;
+    }
+    Ok(s.head_dim)
+}
+
+/// The sizes every attention-family kernel (`block_topk` too) indexes with 32-bit integers.
+fn fits_kernels(dev: &Device, s: &AttentionShape) -> Result<()> {
     for (what, v) in [
         ("batch", s.batch),
         ("heads_q", s.heads_q),
@@ -49,12 +58,10 @@ pub(crate) fn check_attention(dev: &Device, p: &AttentionParams) -> Result<usize
         ("len_k", s.len_k),
         ("q elements", s.q_len()),
         ("k elements", s.k_len()),
-        ("v elements", s.v_len()),
-        ("o elements", s.o_len()),
     ] {
         fits_i32(dev, what, v)?;
     }
-    Ok(s.head_dim)
+    Ok(())
 }
 
 /// The arguments every attention kernel ends with: `batch, heads_q, heads_kv, len_q, len_k`
@@ -273,16 +280,7 @@ pub(crate) fn block_topk<T: Element>(
     p.check_topk(topk, q.len(), k.len())?;
     let s = &p.shape;
     let (nqb, nkb, d) = (s.q_blocks(), s.k_blocks(), s.head_dim);
-    for (what, v) in [
-        ("batch", s.batch),
-        ("heads_q", s.heads_q),
-        ("len_q", s.len_q),
-        ("len_k", s.len_k),
-        ("q elements", s.q_len()),
-        ("k elements", s.k_len()),
-    ] {
-        fits_i32(dev, what, v)?;
-    }
+    fits_kernels(dev, s)?;
     let rows = s.batch * s.heads_q * nqb;
     let max_blocks = topk.max_blocks(nkb);
     let pairs = rows
