@@ -1,0 +1,124 @@
+//! Train the concept-bottleneck classifier on the match task and print its curve.
+//!
+//! ```text
+//! cargo run -p flashneck-model --release --example train -- [--backend cpu|wgpu|cuda|cuda-emu]
+//!     [--steps N] [--seed S] [--lr LR] [--tau TAU] [--d-model D] [--heads-q H] [--heads-kv H]
+//!     [--concepts K]
+//! ```
+//!
+//! The CUDA backend's attention takes head dims 64 and 128 only: run it with `--d-model 128`
+//! (two query heads of 64).
+
+use flashneck_core::{Error, Kernels, Result};
+
+use flashneck_model::{MatchTask, ModelConfig, TrainConfig, train};
+use std::time::Instant;
+
+/// Parsed command line.
+struct Args {
+    backend: String,
+    cfg: TrainConfig,
+    d_model: usize,
+    heads: (usize, usize),
+    concepts: usize,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        backend: "cpu".into(),
+        cfg: TrainConfig::default(),
+        d_model: 16,
+        heads: (2, 1),
+        concepts: 8,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| Error::bad("arguments", format!("a value after {flag}"), "nothing"))
+        };
+        let number = |v: String| {
+            v.parse::<u64>()
+                .map_err(|_| Error::bad("arguments", "a non-negative integer", v))
+        };
+        let float = |v: String| {
+            v.parse::<f32>()
+                .map_err(|_| Error::bad("arguments", "a number", v))
+        };
+        match flag.as_str() {
+            "--backend" => args.backend = value()?,
+            "--steps" => args.cfg.steps = number(value()?)? as usize,
+            "--seed" => args.cfg.seed = number(value()?)?,
+            "--d-model" => args.d_model = number(value()?)? as usize,
+            "--heads-q" => args.heads.0 = number(value()?)? as usize,
+            "--heads-kv" => args.heads.1 = number(value()?)? as usize,
+            "--concepts" => args.concepts = number(value()?)? as usize,
+            "--lr" => args.cfg.lr = float(value()?)?,
+            "--tau" => args.cfg.tau = float(value()?)?,
+            other => {
+                return Err(Error::bad(
+                    "arguments",
+                    "--backend, --steps, --seed, --lr, --tau, --d-model, --heads-q, --heads-kv, --concepts",
+                    other,
+                ));
+            }
+        }
+    }
+    Ok(args)
+}
+
+fn run<B: Kernels>(backend: &B, args: &Args) -> Result<()> {
+    let cfg = &args.cfg;
+    let task = MatchTask::new(8, 5)?;
+    let model_cfg = ModelConfig {
+        d_model: args.d_model,
+        heads_q: args.heads.0,
+        heads_kv: args.heads.1,
+        concepts: args.concepts,
+        ..ModelConfig::small(task.in_dim(), task.len, task.classes())
+    };
+    println!("backend: {}", backend.info().device);
+    println!(
+        "task: match (len {}, {} values), model: {model_cfg:?}",
+        task.len, task.values
+    );
+    let start = Instant::now();
+    let (mut model, report) = train(backend, model_cfg, &task, cfg)?;
+    let wall = start.elapsed();
+    println!("{} parameters", model.num_params());
+    println!(
+        "step  train_loss(mean of last {})  held_out_loss  held_out_acc",
+        cfg.eval_every
+    );
+    for e in &report.evals {
+        let lo = e.step.saturating_sub(cfg.eval_every);
+        let window = &report.losses[lo..e.step];
+        let train = if window.is_empty() {
+            f64::NAN
+        } else {
+            window.iter().sum::<f64>() / window.len() as f64
+        };
+        println!(
+            "{:>4}  {:>10.4}  {:>13.4}  {:>12.3}",
+            e.step, train, e.loss, e.accuracy
+        );
+    }
+    println!("{} steps in {:.2} s", cfg.steps, wall.as_secs_f64());
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    match args.backend.as_str() {
+        "cpu" => run(&flashneck_cpu::CpuBackend::new(), &args),
+        "wgpu" => run(&flashneck_wgpu::WgpuBackend::new()?, &args),
+        // The CUDA kernels take head dims 64 and 128: pass `--d-model 128` (2 heads of 64).
+        "cuda" => run(&flashneck_cuda::CudaBackend::new(0)?, &args),
+        "cuda-emu" => run(&flashneck_cuda::CudaBackend::emulated()?, &args),
+        other => Err(Error::bad(
+            "--backend",
+            "cpu, wgpu, cuda or cuda-emu",
+            other,
+        )),
+    }
+}
