@@ -15,6 +15,7 @@ th, td { border: 1px solid #ccc; padding: 3px 7px; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.unsupported td { color: #888; }
 tr.failed td { background: #fdd; }
+tr.out-of-time td { color: #a60; font-style: italic; }
 svg { display: block; margin: 1em 0; font-family: system-ui, sans-serif; }
 p.note { color: #555; font-size: 13px; }
 ";
