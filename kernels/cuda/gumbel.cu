@@ -12,7 +12,7 @@
 // that recomputes the noise and writes the outputs.
 #include "common.cuh"
 
-#define GUMBEL_WARP_Q 8       // quads per thread held in registers, warp per row (K <= 1021)
+#define GUMBEL_WARP_Q 8       // quads per thread held in registers, warp per row (K <= 1021 fit; the host sends K <= 1020)
 #define GUMBEL_BLOCK_Q 4      // quads per thread held in registers, block per row (K <= 4093)
 #define GUMBEL_BLOCK 256      // threads of a block-per-row launch
 #define GUMBEL_WARP_ROWS 4    // rows (warps) per block of a warp-per-row launch
