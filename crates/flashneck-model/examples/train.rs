@@ -2,16 +2,22 @@
 //!
 //! ```text
 //! cargo run -p flashneck-model --release --example train -- [--backend cpu|wgpu|cuda|cuda-emu]
-//!     [--steps N] [--seed S] [--lr LR] [--tau TAU] [--d-model D] [--heads-q H] [--heads-kv H]
-//!     [--concepts K]
+//!     [--steps N] [--seed S] [--lr LR] [--tau TAU] [--batch N] [--d-model D] [--heads-q H]
+//!     [--heads-kv H] [--concepts K] [--len L] [--mark-span S]
+//!     [--attention dense|sparse] [--keep N] [--sink N] [--local N] [--rettention]
 //! ```
+//!
+//! `--attention sparse` selects key blocks with the backend's `block_topk` (`--keep 1 --sink 1
+//! --local 1` by default) and runs block-sparse attention over them; `--rettention` adds the
+//! Re-ttention row scale. Blocks are 64 tokens: use a long task, e.g. `--len 256 --mark-span 64`
+//! (both marked tokens in one random 64-token block of four).
 //!
 //! The CUDA backend's attention takes head dims 64 and 128 only: run it with `--d-model 128`
 //! (two query heads of 64).
 
 use flashneck_core::{Error, Kernels, Result};
 
-use flashneck_model::{MatchTask, ModelConfig, TrainConfig, train};
+use flashneck_model::{AttentionMode, MatchTask, ModelConfig, TrainConfig, train};
 use std::time::Instant;
 
 /// Parsed command line.
@@ -21,6 +27,12 @@ struct Args {
     d_model: usize,
     heads: (usize, usize),
     concepts: usize,
+    len: usize,
+    mark_span: Option<usize>,
+    sparse: bool,
+    /// `(keep, sink, local)` of the sparse mode.
+    topk: (usize, usize, usize),
+    rettention: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -30,6 +42,11 @@ fn parse_args() -> Result<Args> {
         d_model: 16,
         heads: (2, 1),
         concepts: 8,
+        len: 8,
+        mark_span: None,
+        sparse: false,
+        topk: (1, 1, 1),
+        rettention: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -53,12 +70,28 @@ fn parse_args() -> Result<Args> {
             "--heads-q" => args.heads.0 = number(value()?)? as usize,
             "--heads-kv" => args.heads.1 = number(value()?)? as usize,
             "--concepts" => args.concepts = number(value()?)? as usize,
+            "--batch" => args.cfg.batch = number(value()?)? as usize,
+            "--len" => args.len = number(value()?)? as usize,
+            "--mark-span" => args.mark_span = Some(number(value()?)? as usize),
+            "--attention" => {
+                args.sparse = match value()?.as_str() {
+                    "dense" => false,
+                    "sparse" => true,
+                    other => return Err(Error::bad("--attention", "dense or sparse", other)),
+                }
+            }
+            "--keep" => args.topk.0 = number(value()?)? as usize,
+            "--sink" => args.topk.1 = number(value()?)? as usize,
+            "--local" => args.topk.2 = number(value()?)? as usize,
+            "--rettention" => args.rettention = true,
             "--lr" => args.cfg.lr = float(value()?)?,
             "--tau" => args.cfg.tau = float(value()?)?,
             other => {
                 return Err(Error::bad(
                     "arguments",
-                    "--backend, --steps, --seed, --lr, --tau, --d-model, --heads-q, --heads-kv, --concepts",
+                    "--backend, --steps, --seed, --lr, --tau, --batch, --d-model, --heads-q, \
+                     --heads-kv, --concepts, --len, --mark-span, --attention, --keep, --sink, \
+                     --local, --rettention",
                     other,
                 ));
             }
@@ -69,25 +102,40 @@ fn parse_args() -> Result<Args> {
 
 fn run<B: Kernels>(backend: &B, args: &Args) -> Result<()> {
     let cfg = &args.cfg;
-    let task = MatchTask::new(8, 5)?;
+    let mut task = MatchTask::new(args.len, 5)?;
+    if let Some(span) = args.mark_span {
+        task = task.with_mark_span(span)?;
+    }
+    let (keep, sink, local) = args.topk;
+    let attention = if args.sparse {
+        AttentionMode::TopK {
+            keep,
+            sink,
+            local,
+            rettention: args.rettention,
+        }
+    } else {
+        AttentionMode::Dense
+    };
     let model_cfg = ModelConfig {
         d_model: args.d_model,
         heads_q: args.heads.0,
         heads_kv: args.heads.1,
         concepts: args.concepts,
+        attention,
         ..ModelConfig::small(task.in_dim(), task.len, task.classes())
     };
     println!("backend: {}", backend.info().device);
     println!(
-        "task: match (len {}, {} values), model: {model_cfg:?}",
-        task.len, task.values
+        "task: match (len {}, {} values, marks within {} tokens), model: {model_cfg:?}",
+        task.len, task.values, task.mark_span
     );
     let start = Instant::now();
     let (mut model, report) = train(backend, model_cfg, &task, cfg)?;
     let wall = start.elapsed();
     println!("{} parameters", model.num_params());
     println!(
-        "step  train_loss(mean of last {})  held_out_loss  held_out_acc",
+        "step  train_loss(mean of last {})  held_out_loss  held_out_acc  [blocks/qb of nKB, mean rho]",
         cfg.eval_every
     );
     for e in &report.evals {
@@ -98,8 +146,15 @@ fn run<B: Kernels>(backend: &B, args: &Args) -> Result<()> {
         } else {
             window.iter().sum::<f64>() / window.len() as f64
         };
+        let sel = match e.selection {
+            Some(s) => match s.mean_rho {
+                Some(rho) => format!("  {:.2} of {}, {rho:.3}", s.mean_blocks, s.key_blocks),
+                None => format!("  {:.2} of {}", s.mean_blocks, s.key_blocks),
+            },
+            None => String::new(),
+        };
         println!(
-            "{:>4}  {:>10.4}  {:>13.4}  {:>12.3}",
+            "{:>4}  {:>10.4}  {:>13.4}  {:>12.3}{sel}",
             e.step, train, e.loss, e.accuracy
         );
     }

@@ -6,7 +6,10 @@
 //! Round trips per op are slow on a real GPU, on purpose: this crate proves that the ops compose
 //! and train, not how fast (a fused, device-resident model would keep buffers on the device).
 
-use flashneck_core::{AttentionParams, Backend, Error, GrKanParams, GumbelParams, Kernels, Result};
+use flashneck_core::{
+    AttentionParams, Backend, BlockLayout, Error, GrKanParams, GumbelParams, Kernels, Result,
+    SparseEpilogue, TopkParams,
+};
 
 /// Upload `inputs`, allocate zeroed outputs of `outputs` elements each, run `op` on the device
 /// buffers, and return the downloaded outputs.
@@ -76,6 +79,73 @@ pub fn attention_backward<B: Kernels>(
     let [dq, dk, dv] = on_device(backend, [q, k, v, o, d_o, lse], lens, |i, o| {
         let [dq, dk, dv] = o;
         backend.attention_backward(p, &i[0], &i[1], &i[2], &i[3], &i[4], &i[5], dq, dk, dv)
+    })?;
+    Ok((dq, dk, dv))
+}
+
+/// Block selection (SPEC §2's `block_topk`): each query block's key blocks, from pooled scores
+/// of `Q` and `K`.
+pub fn block_topk<B: Kernels>(
+    backend: &B,
+    p: &AttentionParams,
+    topk: &TopkParams,
+    q: &[f32],
+    k: &[f32],
+) -> Result<BlockLayout> {
+    let (q, k) = (backend.upload(q)?, backend.upload(k)?);
+    Ok(backend.block_topk(p, topk, &q, &k)?.into_host())
+}
+
+/// Block-sparse attention over `layout` (SPEC §2): `(O, LSE)`. With `row_scale = Some(ρ)`, the
+/// backend's Re-ttention epilogue scales each output row, `o_i ← ρ_i · o_i` (no residual); `LSE`
+/// is the sparse one either way (reported before the epilogue).
+#[allow(clippy::too_many_arguments)]
+pub fn sparse_attention_forward<B: Kernels>(
+    backend: &B,
+    p: &AttentionParams,
+    layout: &BlockLayout,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    row_scale: Option<&[f32]>,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let s = &p.shape;
+    let layout = backend.upload_layout(layout)?;
+    let rho = row_scale.map(|r| backend.upload(r)).transpose()?;
+    let [o, lse] = on_device(backend, [q, k, v], [s.o_len(), s.lse_len()], |i, o| {
+        let [o, lse] = o;
+        let epilogue = SparseEpilogue {
+            row_scale: rho.as_ref(),
+            residual: None,
+        };
+        backend.sparse_attention_forward(p, &layout, &i[0], &i[1], &i[2], epilogue, o, lse)
+    })?;
+    Ok((o, lse))
+}
+
+/// Block-sparse attention backward over `layout` and its transpose: `(dQ, dK, dV)`. `o` is the
+/// output *before* any epilogue and `d_o` the gradient of that output.
+#[allow(clippy::too_many_arguments)]
+pub fn sparse_attention_backward<B: Kernels>(
+    backend: &B,
+    p: &AttentionParams,
+    layout: &BlockLayout,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    o: &[f32],
+    d_o: &[f32],
+    lse: &[f32],
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    let s = &p.shape;
+    let layout_t = backend.upload_layout(&layout.transpose())?;
+    let layout = backend.upload_layout(layout)?;
+    let lens = [s.q_len(), s.k_len(), s.v_len()];
+    let [dq, dk, dv] = on_device(backend, [q, k, v, o, d_o, lse], lens, |i, o| {
+        let [dq, dk, dv] = o;
+        backend.sparse_attention_backward(
+            p, &layout, &layout_t, &i[0], &i[1], &i[2], &i[3], &i[4], &i[5], dq, dk, dv,
+        )
     })?;
     Ok((dq, dk, dv))
 }

@@ -3,12 +3,13 @@
 //! gradient of the layer's input. A `backward` without a preceding `forward` is an error.
 //!
 //! Host layers: [`Linear`], [`LayerNorm`]. Layers that run flashneck ops through the backend:
-//! [`SelfAttention`] (attention), [`GrKanMlp`] (GR-KAN), [`ConceptBottleneck`] (Gumbel-Softmax).
+//! [`SelfAttention`] (attention, dense or block-sparse), [`GrKanMlp`] (GR-KAN), [`ConceptBottleneck`] (Gumbel-Softmax).
 
 use crate::host_ops;
 use crate::linalg::{self, NormCache, check, rows_of};
 use flashneck_core::{
-    AttentionParams, AttentionShape, Error, GrKanParams, GumbelParams, Kernels, Result,
+    AttentionParams, AttentionShape, BlockLayout, Error, GrKanParams, GumbelParams, Kernels,
+    Result, TopkParams,
 };
 use rand::{Rng, rngs::StdRng};
 
@@ -147,7 +148,62 @@ impl LayerNorm {
     }
 }
 
-/// What the attention backward needs: the op's inputs and outputs, in head layout.
+/// How the self-attention layer chooses the keys each query sees.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttentionMode {
+    /// Every query sees every key (`attention_forward` / `attention_backward`).
+    #[default]
+    Dense,
+    /// Block-sparse (SPEC §2): the backend's `block_topk` picks, for each 64-query block, the
+    /// first `sink` key blocks, the `local` diagonal ones and the `keep` best-scoring others;
+    /// attention runs over those (`sparse_attention_forward` / `_backward`). With `rettention`,
+    /// the output rows are scaled by `ρ = exp(lse_sparse − lse_full)` (the share of the full
+    /// softmax mass the selected keys hold) through the backend's epilogue.
+    TopK {
+        keep: usize,
+        sink: usize,
+        local: usize,
+        rettention: bool,
+    },
+}
+
+impl AttentionMode {
+    /// `block_topk`'s parameters, in the top-k mode.
+    pub fn topk(&self) -> Option<TopkParams> {
+        match *self {
+            AttentionMode::Dense => None,
+            AttentionMode::TopK {
+                keep, sink, local, ..
+            } => Some(TopkParams { keep, sink, local }),
+        }
+    }
+}
+
+/// What the top-k mode chose in a forward: the layout and, with Re-ttention, the row scale `ρ`
+/// `[batch, heads_q, len]`. Neither is differentiated: the layout is a piecewise-constant choice
+/// and `ρ` is a constant of the backward (the gradient does not flow through its LSEs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Selection {
+    pub layout: BlockLayout,
+    pub rho: Option<Vec<f32>>,
+}
+
+impl Selection {
+    /// Mean number of key blocks a query block attends to.
+    pub fn mean_blocks(&self) -> f64 {
+        let l = &self.layout;
+        l.selected() as f64 / (l.batch() * l.heads() * l.rows()).max(1) as f64
+    }
+
+    /// Mean `ρ` over every query row (None without Re-ttention).
+    pub fn mean_rho(&self) -> Option<f64> {
+        let rho = self.rho.as_ref()?;
+        Some(rho.iter().map(|&r| r as f64).sum::<f64>() / rho.len().max(1) as f64)
+    }
+}
+
+/// What the attention backward needs: the op's inputs and outputs, in head layout (`o` before
+/// any epilogue), and the top-k selection when there was one.
 struct AttentionSaved {
     p: AttentionParams,
     q: Vec<f32>,
@@ -155,10 +211,20 @@ struct AttentionSaved {
     v: Vec<f32>,
     o: Vec<f32>,
     lse: Vec<f32>,
+    selection: Option<Selection>,
+}
+
+/// What the attention op gave: `o` and `lse` (what the backward needs), the layer's output
+/// `ρ ⊙ o` when Re-ttention scaled it, and the top-k selection.
+struct AttentionOut {
+    o: Vec<f32>,
+    lse: Vec<f32>,
+    scaled: Option<Vec<f32>>,
+    selection: Option<Selection>,
 }
 
 /// Multi-head (or grouped-query) self-attention, non-causal: host projections `Q, K, V, O`
-/// around the backend's `attention_forward` / `attention_backward`.
+/// around the backend's attention, dense or block-sparse ([`AttentionMode`]).
 pub struct SelfAttention {
     pub wq: Linear,
     pub wk: Linear,
@@ -167,11 +233,18 @@ pub struct SelfAttention {
     heads_q: usize,
     heads_kv: usize,
     head_dim: usize,
+    mode: AttentionMode,
+    /// A selection to reuse instead of choosing one (top-k mode only): see
+    /// [`SelfAttention::freeze_selection`].
+    frozen: Option<Selection>,
+    /// The selection of the last top-k forward.
+    last: Option<Selection>,
     saved: Option<AttentionSaved>,
 }
 
 impl SelfAttention {
     /// `d_model = heads_q · head_dim`; `K` and `V` have `heads_kv` heads (GQA when fewer).
+    /// Dense; [`SelfAttention::with_mode`] switches to top-k.
     pub fn new(rng: &mut StdRng, d_model: usize, heads_q: usize, heads_kv: usize) -> Self {
         let head_dim = d_model / heads_q;
         SelfAttention {
@@ -182,8 +255,33 @@ impl SelfAttention {
             heads_q,
             heads_kv,
             head_dim,
+            mode: AttentionMode::Dense,
+            frozen: None,
+            last: None,
             saved: None,
         }
+    }
+
+    pub fn with_mode(mut self, mode: AttentionMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    pub fn mode(&self) -> AttentionMode {
+        self.mode
+    }
+
+    /// The layout (and `ρ`) the last top-k forward used; None in dense mode.
+    pub fn last_selection(&self) -> Option<&Selection> {
+        self.last.as_ref()
+    }
+
+    /// Reuse `selection` in every following top-k forward instead of running `block_topk` (and,
+    /// with Re-ttention, the dense pass for `ρ`); `None` goes back to choosing. This makes the
+    /// loss a smooth function of the parameters, for a finite-difference gradient check. A
+    /// selection whose dims do not fit the input is a typed error in the forward.
+    pub fn freeze_selection(&mut self, selection: Option<Selection>) {
+        self.frozen = selection;
     }
 
     /// `x [batch, len, d_model]` to `[batch, len, d_model]`.
@@ -200,21 +298,124 @@ impl SelfAttention {
         let q = linalg::split_heads(&self.wq.forward(x)?, batch, len, hq, d);
         let k = linalg::split_heads(&self.wk.forward(x)?, batch, len, hkv, d);
         let v = linalg::split_heads(&self.wv.forward(x)?, batch, len, hkv, d);
-        let (o, lse) = host_ops::attention_forward(backend, &p, &q, &k, &v)?;
+        let r = match self.mode.topk() {
+            None => {
+                let (o, lse) = host_ops::attention_forward(backend, &p, &q, &k, &v)?;
+                AttentionOut {
+                    o,
+                    lse,
+                    scaled: None,
+                    selection: None,
+                }
+            }
+            Some(topk) => self.sparse_forward(backend, &p, &topk, &q, &k, &v)?,
+        };
+        let out = r.scaled.as_ref().unwrap_or(&r.o);
         let y = self
             .wo
-            .forward(&linalg::merge_heads(&o, batch, len, hq, d))?;
-        self.saved = Some(AttentionSaved { p, q, k, v, o, lse });
+            .forward(&linalg::merge_heads(out, batch, len, hq, d))?;
+        self.last.clone_from(&r.selection);
+        self.saved = Some(AttentionSaved {
+            p,
+            q,
+            k,
+            v,
+            o: r.o,
+            lse: r.lse,
+            selection: r.selection,
+        });
         Ok(y)
+    }
+
+    /// The top-k forward:
+    ///
+    /// 1. the layout: `block_topk` on `Q`, `K` (or the frozen one);
+    /// 2. `sparse_attention_forward` over it: `o`, `lse_sparse`;
+    /// 3. with Re-ttention: `ρ = exp(lse_sparse − lse_full)`, `lse_full` from a dense
+    ///    `attention_forward` (or the frozen `ρ`), then the sparse forward again with the
+    ///    epilogue `row_scale = ρ` for the output. The second sparse pass is the price of
+    ///    computing `ρ` from this very input: the epilogue needs `ρ` at launch, and `ρ` needs
+    ///    the sparse LSE (a diffusion model reuses the previous step's statistics instead).
+    fn sparse_forward<B: Kernels>(
+        &self,
+        backend: &B,
+        p: &AttentionParams,
+        topk: &TopkParams,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+    ) -> Result<AttentionOut> {
+        let rettention = matches!(
+            self.mode,
+            AttentionMode::TopK {
+                rettention: true,
+                ..
+            }
+        );
+        let frozen = self.frozen.as_ref();
+        let layout = match frozen {
+            Some(s) => s.layout.clone(),
+            None => host_ops::block_topk(backend, p, topk, q, k)?,
+        };
+        let (o, lse) = host_ops::sparse_attention_forward(backend, p, &layout, q, k, v, None)?;
+        if !rettention {
+            return Ok(AttentionOut {
+                o,
+                lse,
+                scaled: None,
+                selection: Some(Selection { layout, rho: None }),
+            });
+        }
+        let rho = match frozen.and_then(|s| s.rho.clone()) {
+            Some(rho) => rho,
+            None => {
+                let (_, lse_full) = host_ops::attention_forward(backend, p, q, k, v)?;
+                flashneck_core::layout::rho(&lse, &lse_full)?
+            }
+        };
+        let (scaled, _) =
+            host_ops::sparse_attention_forward(backend, p, &layout, q, k, v, Some(&rho))?;
+        Ok(AttentionOut {
+            o,
+            lse,
+            scaled: Some(scaled),
+            selection: Some(Selection {
+                layout,
+                rho: Some(rho),
+            }),
+        })
     }
 
     pub fn backward<B: Kernels>(&mut self, backend: &B, dy: &[f32]) -> Result<Vec<f32>> {
         let s = self.saved.take().ok_or_else(|| no_forward("attention"))?;
         let (batch, len) = (s.p.shape.batch, s.p.shape.len_q);
         let (hq, hkv, d) = (self.heads_q, self.heads_kv, self.head_dim);
-        let d_o = linalg::split_heads(&self.wo.backward(dy)?, batch, len, hq, d);
-        let (dq, dk, dv) =
-            host_ops::attention_backward(backend, &s.p, &s.q, &s.k, &s.v, &s.o, &d_o, &s.lse)?;
+        let mut d_o = linalg::split_heads(&self.wo.backward(dy)?, batch, len, hq, d);
+        let (dq, dk, dv) = match &s.selection {
+            None => {
+                host_ops::attention_backward(backend, &s.p, &s.q, &s.k, &s.v, &s.o, &d_o, &s.lse)?
+            }
+            Some(sel) => {
+                // out = ρ ⊙ o (ρ a constant per row) ⇒ dL/do = ρ ⊙ dL/dout.
+                if let Some(rho) = &sel.rho {
+                    check("attention rho", rho.len(), s.lse.len())?;
+                    for (row, &r) in d_o.chunks_mut(d).zip(rho) {
+                        row.iter_mut().for_each(|g| *g *= r);
+                    }
+                }
+                host_ops::sparse_attention_backward(
+                    backend,
+                    &s.p,
+                    &sel.layout,
+                    &s.q,
+                    &s.k,
+                    &s.v,
+                    &s.o,
+                    &d_o,
+                    &s.lse,
+                )?
+            }
+        };
         let merge = |x: &[f32], heads| linalg::merge_heads(x, batch, len, heads, d);
         let mut dx = self.wq.backward(&merge(&dq, hq))?;
         linalg::add_assign(&mut dx, &self.wk.backward(&merge(&dk, hkv))?);

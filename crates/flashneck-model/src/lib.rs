@@ -13,8 +13,11 @@
 //!
 //! Every flashneck op family does real work in the forward *and* the backward, through the
 //! backend: `attention_forward`/`attention_backward`, `grkan_forward`/`grkan_backward`,
-//! `gumbel_softmax_forward`/`gumbel_softmax_backward`. Everything else (matmuls, LayerNorm,
-//! pooling, cross-entropy, their gradients, Adam) is plain f32 host code on slices.
+//! `gumbel_softmax_forward`/`gumbel_softmax_backward`, and, with
+//! [`AttentionMode::TopK`] in the config, the block-sparse family: `block_topk`,
+//! `sparse_attention_forward` (with the Re-ttention epilogue) and `sparse_attention_backward`.
+//! Everything else (matmuls, LayerNorm, pooling, cross-entropy, their gradients, Adam) is plain
+//! f32 host code on slices.
 //!
 //! This crate proves composition and training, not speed: activations live on the host and
 //! travel to the backend and back for every op ([`host_ops`]).
@@ -42,7 +45,7 @@ pub mod optim;
 pub mod train;
 
 pub use data::{Batch, MatchTask};
-pub use layers::{GumbelSample, Param};
-pub use model::{Model, ModelConfig};
+pub use layers::{AttentionMode, GumbelSample, Param, Selection};
+pub use model::{Model, ModelConfig, SelectionStats};
 pub use optim::Adam;
 pub use train::{EvalPoint, TrainConfig, TrainReport, evaluate, train};

@@ -2,7 +2,8 @@
 //! LayerNorm → mean-pool → concept bottleneck → class logits.
 
 use crate::layers::{
-    ConceptBottleneck, GrKanMlp, GumbelSample, LayerNorm, Linear, NamedParams, SelfAttention,
+    AttentionMode, ConceptBottleneck, GrKanMlp, GumbelSample, LayerNorm, Linear, NamedParams,
+    Selection, SelfAttention,
 };
 use crate::linalg::{self, check};
 use flashneck_core::{AttentionShape, Error, GrKanParams, Kernels, Result};
@@ -28,6 +29,8 @@ pub struct ModelConfig {
     /// Concepts `K` of the bottleneck.
     pub concepts: usize,
     pub classes: usize,
+    /// Dense or block-sparse (top-k) self-attention; dense by default.
+    pub attention: AttentionMode,
 }
 
 impl ModelConfig {
@@ -45,6 +48,7 @@ impl ModelConfig {
             layers: 1,
             concepts: 8,
             classes,
+            attention: AttentionMode::Dense,
         }
     }
 
@@ -84,8 +88,22 @@ impl ModelConfig {
         GrKanParams::new(1, self.d_ff, self.kan_groups)
             .with_degrees(GrKanMlp::NUM_DEGREE, GrKanMlp::DEN_DEGREE)
             .validate()?;
+        if let Some(topk) = self.attention.topk() {
+            topk.validate()?;
+        }
         Ok(())
     }
+}
+
+/// How sparse the top-k attention of a forward was.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SelectionStats {
+    /// Mean number of key blocks a query block attended to.
+    pub mean_blocks: f64,
+    /// Key blocks per sequence (`nKB`): the dense count.
+    pub key_blocks: usize,
+    /// Mean Re-ttention scale `ρ` (share of the full softmax mass kept), when used.
+    pub mean_rho: Option<f64>,
 }
 
 /// One transformer block (pre-norm): `x + attn(ln1(x))`, then `x + mlp(ln2(x))`.
@@ -150,7 +168,8 @@ impl Model {
             .map(|_| {
                 Ok(Block {
                     ln1: LayerNorm::new(cfg.d_model),
-                    attn: SelfAttention::new(&mut rng, cfg.d_model, cfg.heads_q, cfg.heads_kv),
+                    attn: SelfAttention::new(&mut rng, cfg.d_model, cfg.heads_q, cfg.heads_kv)
+                        .with_mode(cfg.attention),
                     ln2: LayerNorm::new(cfg.d_model),
                     mlp: GrKanMlp::new(&mut rng, cfg.d_model, cfg.d_ff, cfg.kan_groups)?,
                 })
@@ -245,6 +264,46 @@ impl Model {
 
     pub fn zero_grad(&mut self) {
         self.params().into_iter().for_each(|(_, p)| p.zero_grad());
+    }
+
+    /// The selections of the last top-k forward, one per layer (empty in dense mode).
+    pub fn selections(&self) -> Vec<&Selection> {
+        self.blocks
+            .iter()
+            .filter_map(|b| b.attn.last_selection())
+            .collect()
+    }
+
+    /// Mean key blocks per query block and mean `ρ` of the last top-k forward, over every
+    /// layer; None in dense mode.
+    pub fn selection_stats(&self) -> Option<SelectionStats> {
+        let sel = self.selections();
+        let first = sel.first()?;
+        let n = sel.len() as f64;
+        let rhos: Option<Vec<f64>> = sel.iter().map(|s| s.mean_rho()).collect();
+        Some(SelectionStats {
+            mean_blocks: sel.iter().map(|s| s.mean_blocks()).sum::<f64>() / n,
+            key_blocks: first.layout.cols(),
+            mean_rho: rhos.map(|r| r.iter().sum::<f64>() / n),
+        })
+    }
+
+    /// Reuse these selections (one per layer, as [`Model::selections`] returns them) in every
+    /// following forward, or choose again with `None`: see [`SelfAttention::freeze_selection`].
+    pub fn freeze_selections(&mut self, selections: Option<Vec<Selection>>) -> Result<()> {
+        match selections {
+            None => self
+                .blocks
+                .iter_mut()
+                .for_each(|b| b.attn.freeze_selection(None)),
+            Some(sel) => {
+                check("selections", sel.len(), self.blocks.len())?;
+                for (b, s) in self.blocks.iter_mut().zip(sel) {
+                    b.attn.freeze_selection(Some(s));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Total number of trainable scalars.

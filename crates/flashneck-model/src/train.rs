@@ -4,7 +4,7 @@
 use crate::data::{Batch, MatchTask};
 use crate::layers::GumbelSample;
 use crate::linalg;
-use crate::model::{Model, ModelConfig};
+use crate::model::{Model, ModelConfig, SelectionStats};
 use crate::optim::Adam;
 use flashneck_core::{Error, Kernels, Result};
 use rand::{SeedableRng, rngs::StdRng};
@@ -48,6 +48,8 @@ pub struct EvalPoint {
     pub step: usize,
     pub loss: f64,
     pub accuracy: f64,
+    /// In top-k attention mode, how sparse the evaluation's selection was.
+    pub selection: Option<SelectionStats>,
 }
 
 /// The curve of a run.
@@ -127,6 +129,7 @@ pub fn train<B: Kernels>(
             step,
             loss,
             accuracy,
+            selection: model.selection_stats(),
         })
     };
     report.evals.push(eval(&mut model, 0)?);

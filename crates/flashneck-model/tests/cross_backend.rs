@@ -4,10 +4,15 @@
 //!
 //! The CUDA kernels take head dims 64 and 128 only, so the model here has `head_dim = 64`
 //! (`d_model 128`, 2 query heads sharing 1 kv head).
+//!
+//! The block-sparse mode gets one step too: `block_topk`, sparse attention forward and
+//! backward and the Re-ttention epilogue on the long task (`len 128`, two key blocks).
 
 use flashneck_core::{Kernels, OpKind};
 use flashneck_cpu::CpuBackend;
-use flashneck_model::{GumbelSample, MatchTask, Model, ModelConfig, Param, TrainConfig, train};
+use flashneck_model::{
+    AttentionMode, GumbelSample, MatchTask, Model, ModelConfig, Param, TrainConfig, train,
+};
 use rand::{SeedableRng, rngs::StdRng};
 
 /// Relative agreement of losses and gradients (`max|x − ref| / max(1e-3, max|ref|)` per tensor):
@@ -26,10 +31,45 @@ fn setup() -> (ModelConfig, MatchTask) {
     (cfg, task)
 }
 
+/// The sparse setup: the long task over two key blocks, and a top-1 selection per query block
+/// (`keep 1`, no sink, no local block: half the blocks, chosen by the pooled scores alone)
+/// with Re-ttention.
+fn sparse_setup() -> (ModelConfig, MatchTask) {
+    let task = MatchTask::new(128, 5).unwrap().with_mark_span(64).unwrap();
+    let (cfg, _) = setup();
+    let cfg = ModelConfig {
+        in_dim: task.in_dim(),
+        len: task.len,
+        attention: AttentionMode::TopK {
+            keep: 1,
+            sink: 0,
+            local: 0,
+            rettention: true,
+        },
+        ..cfg
+    };
+    (cfg, task)
+}
+
+/// Every gradient tensor with its name.
+type Grads = Vec<(String, Vec<f32>)>;
+
 /// Loss and every gradient tensor of one forward/backward at fixed weights and noise.
-fn grads<B: Kernels>(b: &B) -> (f64, Vec<(String, Vec<f32>)>) {
+fn grads<B: Kernels>(b: &B) -> (f64, Grads) {
     let (cfg, task) = setup();
-    let data = task.sample(&mut StdRng::seed_from_u64(3), 8);
+    let (loss, g, _) = grads_of(b, cfg, &task, 8);
+    (loss, g)
+}
+
+/// The same for any configuration and batch size, with the model's top-k layouts (empty when
+/// dense).
+fn grads_of<B: Kernels>(
+    b: &B,
+    cfg: ModelConfig,
+    task: &MatchTask,
+    batch: usize,
+) -> (f64, Grads, Vec<flashneck_core::BlockLayout>) {
+    let data = task.sample(&mut StdRng::seed_from_u64(3), batch);
     let mut model = Model::new(cfg, 1).unwrap();
     let sample = GumbelSample {
         tau: 1.0,
@@ -40,12 +80,77 @@ fn grads<B: Kernels>(b: &B) -> (f64, Vec<(String, Vec<f32>)>) {
     let loss = model
         .loss_and_grad(b, &data.x, &data.labels, sample)
         .unwrap();
+    let layouts = model
+        .selections()
+        .into_iter()
+        .map(|s| s.layout.clone())
+        .collect();
     let g = model
         .params()
         .into_iter()
         .map(|(n, p): (String, &mut Param)| (n, p.grad.clone()))
         .collect();
-    (loss, g)
+    (loss, g, layouts)
+}
+
+/// The loss within [`TOL`], every gradient tensor within [`TOL`] of its largest entry; returns
+/// the worst relative gradient error.
+fn same_loss_and_grads(
+    backend: &str,
+    (loss, g): (f64, &Grads),
+    (loss_ref, g_ref): (f64, &Grads),
+) -> f64 {
+    assert!(
+        rel(loss, loss_ref) < TOL,
+        "{backend}: loss {loss} vs cpu {loss_ref}"
+    );
+    assert_eq!(g.len(), g_ref.len());
+    let mut worst = 0.0f64;
+    for ((name, r), (_, x)) in g_ref.iter().zip(g) {
+        let scale = r.iter().fold(1e-3f32, |m, v| m.max(v.abs())) as f64;
+        let err = r
+            .iter()
+            .zip(x)
+            .map(|(r, x)| (r - x).abs() as f64)
+            .fold(0.0, f64::max);
+        assert!(
+            err / scale < TOL,
+            "{backend}: {name} off by {:.2e}",
+            err / scale
+        );
+        worst = worst.max(err / scale);
+    }
+    worst
+}
+
+/// One block-sparse step (top-k selection, sparse forward with the Re-ttention epilogue,
+/// sparse backward) gives the CPU's layout, loss and gradients.
+fn sparse_step_matches_cpu<B: Kernels>(b: &B) {
+    let info = b.info();
+    for op in [
+        OpKind::BlockTopk,
+        OpKind::SparseForward,
+        OpKind::SparseBackward,
+    ] {
+        assert!(
+            info.supports(op, flashneck_core::DType::F32),
+            "{} must claim {}",
+            info.name,
+            op.name()
+        );
+    }
+    let (cfg, task) = sparse_setup();
+    let (loss_ref, g_ref, layouts_ref) = grads_of(&CpuBackend::new(), cfg, &task, 2);
+    let (loss, g, layouts) = grads_of(b, cfg, &task, 2);
+    // The same blocks chosen (a near-tie could flip one; these seeds have none), and sparse:
+    // one of the two key blocks per query block.
+    assert_eq!(layouts, layouts_ref, "{}: another top-k choice", info.name);
+    assert_eq!(layouts[0].selected(), layouts[0].counts().len());
+    let worst = same_loss_and_grads(&info.name, (loss, &g), (loss_ref, &g_ref));
+    println!(
+        "{}: sparse step, worst gradient error {worst:.2e} (relative)",
+        info.name
+    );
 }
 
 fn rel(x: f64, reference: f64) -> f64 {
@@ -74,23 +179,7 @@ fn matches_cpu<B: Kernels>(b: &B) {
     // One step: the loss and every gradient tensor.
     let (loss_ref, g_ref) = grads(&cpu);
     let (loss, g) = grads(b);
-    assert!(rel(loss, loss_ref) < TOL, "loss {loss} vs cpu {loss_ref}");
-    let mut worst = 0.0f64;
-    for ((name, r), (_, x)) in g_ref.iter().zip(&g) {
-        let scale = r.iter().fold(1e-3f32, |m, v| m.max(v.abs())) as f64;
-        let err = r
-            .iter()
-            .zip(x)
-            .map(|(r, x)| (r - x).abs() as f64)
-            .fold(0.0, f64::max);
-        assert!(
-            err / scale < TOL,
-            "{}: {name} off by {:.2e}",
-            info.name,
-            err / scale
-        );
-        worst = worst.max(err / scale);
-    }
+    let worst = same_loss_and_grads(&info.name, (loss, &g), (loss_ref, &g_ref));
     println!("{}: worst gradient error {worst:.2e} (relative)", info.name);
 
     // Three training steps (Adam, fresh batches and noise): the same curve.
@@ -130,4 +219,17 @@ fn wgpu_trains_like_the_cpu() {
 fn emulated_cuda_trains_like_the_cpu() {
     let b = flashneck_cuda::CudaBackend::emulated().unwrap();
     matches_cpu(&b);
+}
+
+#[test]
+fn wgpu_sparse_step_matches_the_cpu() {
+    let b = flashneck_wgpu::WgpuBackend::new()
+        .expect("no wgpu adapter: this test needs a Vulkan driver (CI installs lavapipe)");
+    sparse_step_matches_cpu(&b);
+}
+
+#[test]
+fn emulated_cuda_sparse_step_matches_the_cpu() {
+    let b = flashneck_cuda::CudaBackend::emulated().unwrap();
+    sparse_step_matches_cpu(&b);
 }

@@ -7,7 +7,7 @@
 //! f64; `EPS = 5e-3` keeps the f32 rounding of the loss (~1e-7) well under the tolerance.
 
 use flashneck_cpu::CpuBackend;
-use flashneck_model::{GumbelSample, MatchTask, Model, ModelConfig};
+use flashneck_model::{AttentionMode, GumbelSample, MatchTask, Model, ModelConfig, Selection};
 use rand::{SeedableRng, rngs::StdRng};
 
 const EPS: f32 = 5e-3;
@@ -33,6 +33,7 @@ fn tiny() -> (ModelConfig, MatchTask) {
         layers: 1,
         concepts: 4,
         classes: task.classes(),
+        attention: AttentionMode::Dense,
     };
     (cfg, task)
 }
@@ -48,10 +49,21 @@ fn close(fd: f64, analytic: f64) -> bool {
     (fd - analytic).abs() <= ATOL + RTOL * fd.abs().max(analytic.abs())
 }
 
-/// `(name, index, analytic, finite difference)` for a sample of every parameter tensor.
-fn gradients() -> Vec<(String, usize, f64, f64)> {
-    let b = CpuBackend::new();
+/// `(name, index, analytic, finite difference)` of one checked gradient entry.
+type Check = (String, usize, f64, f64);
+
+/// A [`Check`] for a sample of every parameter tensor.
+fn gradients() -> Vec<Check> {
     let (cfg, task) = tiny();
+    gradients_of(cfg, &task).0
+}
+
+/// The same for any configuration, and the top-k selections the check ran with (empty when
+/// dense). In top-k mode the selection (layout, and `ρ` with Re-ttention) is chosen once, at
+/// the unperturbed parameters, and frozen for every loss evaluation: the backward treats both
+/// as constants, so the finite differences must too.
+fn gradients_of(cfg: ModelConfig, task: &MatchTask) -> (Vec<Check>, Vec<Selection>) {
+    let b = CpuBackend::new();
     let data = task.sample(&mut StdRng::seed_from_u64(11), 2);
     let mut model = Model::new(cfg, 3).unwrap();
     // Move LayerNorm's γ/β, GR-KAN's b and the biases off their initial values, so that
@@ -65,6 +77,10 @@ fn gradients() -> Vec<(String, usize, f64, f64)> {
     model
         .loss_and_grad(&b, &data.x, &data.labels, SAMPLE)
         .unwrap();
+    let selections: Vec<Selection> = model.selections().into_iter().cloned().collect();
+    if !selections.is_empty() {
+        model.freeze_selections(Some(selections.clone())).unwrap();
+    }
     let grads: Vec<(String, Vec<f32>)> = model
         .params()
         .into_iter()
@@ -98,33 +114,41 @@ fn gradients() -> Vec<(String, usize, f64, f64)> {
             out.push((name.clone(), i, grad[i] as f64, fd));
         }
     }
-    out
+    (out, selections)
 }
+
+/// Every parameter tensor of the model, checked by name.
+const EVERY_TENSOR: [&str; 14] = [
+    "embed.w",
+    "block0.ln1.gamma",
+    "block0.attn.wq.w",
+    "block0.attn.wk.w",
+    "block0.attn.wv.w",
+    "block0.attn.wo.w",
+    "block0.ln2.beta",
+    "block0.mlp.fc1.w",
+    "block0.mlp.kan_a",
+    "block0.mlp.kan_b",
+    "block0.mlp.fc2.w",
+    "ln_f.gamma",
+    "concepts.to_concepts.w",
+    "concepts.classifier.w",
+];
 
 #[test]
 fn every_layer_matches_finite_differences() {
-    let checks = gradients();
+    assert_all_close(&gradients());
+}
+
+/// Every entry within tolerance, every tensor of [`EVERY_TENSOR`] sampled, and every tensor
+/// with a clearly non-zero gradient somewhere (so that the check is not vacuous).
+fn assert_all_close(checks: &[Check]) {
     let names: std::collections::BTreeSet<&str> = checks.iter().map(|(n, ..)| n.as_str()).collect();
-    for expected in [
-        "embed.w",
-        "block0.ln1.gamma",
-        "block0.attn.wq.w",
-        "block0.attn.wk.w",
-        "block0.attn.wv.w",
-        "block0.attn.wo.w",
-        "block0.ln2.beta",
-        "block0.mlp.fc1.w",
-        "block0.mlp.kan_a",
-        "block0.mlp.kan_b",
-        "block0.mlp.fc2.w",
-        "ln_f.gamma",
-        "concepts.to_concepts.w",
-        "concepts.classifier.w",
-    ] {
+    for expected in EVERY_TENSOR {
         assert!(names.contains(expected), "{expected} not checked");
     }
     let mut bad = Vec::new();
-    for (name, i, analytic, fd) in &checks {
+    for (name, i, analytic, fd) in checks {
         if !close(*fd, *analytic) {
             bad.push(format!("{name}[{i}]: analytic {analytic:.6e}, fd {fd:.6e}"));
         }
@@ -170,5 +194,53 @@ fn a_gradient_ten_percent_off_fails_the_check() {
     for name in tensors {
         let (_, _, analytic, fd) = checks.iter().find(|(n, ..)| n == name).unwrap();
         assert!(!close(*fd, analytic * 1.1), "{name}: 10% error passes");
+    }
+}
+
+/// The tiny configuration with block-sparse attention over a ragged long sequence: `len 200`
+/// (4 key blocks, the last one 8 keys), 2 query heads sharing 1 kv head, and a selection of
+/// `sink 1, local 1, keep 1`: 2 or 3 of the 4 blocks per query block.
+fn tiny_sparse(rettention: bool) -> (ModelConfig, MatchTask) {
+    let (cfg, _) = tiny();
+    let task = MatchTask::new(200, 3).unwrap();
+    let cfg = ModelConfig {
+        len: task.len,
+        heads_q: 2,
+        heads_kv: 1,
+        attention: AttentionMode::TopK {
+            keep: 1,
+            sink: 1,
+            local: 1,
+            rettention,
+        },
+        ..cfg
+    };
+    (cfg, task)
+}
+
+#[test]
+fn sparse_attention_matches_finite_differences_with_a_frozen_selection() {
+    // Checked by hand that this fails: dropping the `ρ` scaling of dO in the backward fails
+    // 49 of 98 gradients with Re-ttention (every tensor upstream of the attention output);
+    // scaling by ρ² fails them too.
+    for rettention in [false, true] {
+        let (cfg, task) = tiny_sparse(rettention);
+        let (checks, selections) = gradients_of(cfg, &task);
+        // Not vacuous: the layout really is sparse, and ρ (the share of softmax mass kept) is
+        // far enough from 1 that a missing or doubled ρ in the backward shows.
+        let sel = &selections[0];
+        let n_kb = sel.layout.cols();
+        assert_eq!(n_kb, 4);
+        assert!(sel.mean_blocks() < 3.0, "{:?}", sel.mean_blocks());
+        if rettention {
+            let rho = sel.mean_rho().unwrap();
+            assert!((0.3..0.9).contains(&rho), "mean rho {rho}");
+        }
+        println!(
+            "rettention {rettention}: {:.2} of {n_kb} key blocks per query block, mean rho {:?}",
+            sel.mean_blocks(),
+            sel.mean_rho()
+        );
+        assert_all_close(&checks);
     }
 }
