@@ -1,7 +1,8 @@
 //! `cargo xtask gpu-bundle`: the self-contained folder for the GPU check.
 //!
-//! Builds here (release, stripped) the CUDA conformance test executable and `flashneck-bench`,
-//! and writes them with `gpu/run.sh` into `./gpu-bundle/` (git-ignored). On the GPU machine (no
+//! Builds here (release, stripped) the CUDA conformance test executable, `flashneck-bench` and
+//! the model crate's training example, and writes them with `gpu/run.sh` and the Vulkan loader
+//! into `./gpu-bundle/` (git-ignored). On the GPU machine (no
 //! Rust; a CUDA 13 driver, compute-sanitizer, python3 with torch) `gpu-bundle/run.sh` runs the
 //! conformance with skipping refused, memcheck and racecheck over a small subset, and the
 //! benches, writing JSON under `$OUT` and printing a short table last (see docs/cuda.md).
@@ -69,6 +70,22 @@ pub fn run(args: &[String]) -> Result<(), String> {
         Ok(path) => install(path, &out.join("flashneck-bench")).err(),
         Err(e) => Some(e.clone()),
     };
+
+    // The model crate's training example: on the GPU it trains through the CUDA backend, every
+    // op family's forward and backward composed (dense and block-sparse attention).
+    let model = build_executable(
+        &root,
+        &[
+            "build",
+            "--release",
+            "-p",
+            "flashneck-model",
+            "--example",
+            "train",
+        ],
+        "train",
+    )?;
+    install(&model, &out.join("model-train"))?;
 
     // The Vulkan loader, so that the wgpu backend can run on the GPU machine beside CUDA (its
     // container has NVIDIA's Vulkan driver at best, rarely the loader); run.sh finds the ICD.

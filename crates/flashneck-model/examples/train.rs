@@ -5,7 +5,11 @@
 //!     [--steps N] [--seed S] [--lr LR] [--tau TAU] [--batch N] [--d-model D] [--heads-q H]
 //!     [--heads-kv H] [--concepts K] [--len L] [--mark-span S]
 //!     [--attention dense|sparse] [--keep N] [--sink N] [--local N] [--rettention]
+//!     [--min-accuracy A]
 //! ```
+//!
+//! `--min-accuracy A` makes the run fail (exit 1) when the last held-out accuracy is below `A`:
+//! the GPU check (gpu/run.sh) trains on the real device this way.
 //!
 //! `--attention sparse` selects key blocks with the backend's `block_topk` (`--keep 1 --sink 1
 //! --local 1` by default) and runs block-sparse attention over them; `--rettention` adds the
@@ -33,6 +37,8 @@ struct Args {
     /// `(keep, sink, local)` of the sparse mode.
     topk: (usize, usize, usize),
     rettention: bool,
+    /// Fail when the last held-out accuracy is below this.
+    min_accuracy: Option<f64>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -47,6 +53,7 @@ fn parse_args() -> Result<Args> {
         sparse: false,
         topk: (1, 1, 1),
         rettention: false,
+        min_accuracy: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -84,6 +91,13 @@ fn parse_args() -> Result<Args> {
             "--sink" => args.topk.1 = number(value()?)? as usize,
             "--local" => args.topk.2 = number(value()?)? as usize,
             "--rettention" => args.rettention = true,
+            "--min-accuracy" => {
+                let v = value()?;
+                args.min_accuracy = Some(
+                    v.parse::<f64>()
+                        .map_err(|_| Error::bad("--min-accuracy", "a number", v))?,
+                );
+            }
             "--lr" => args.cfg.lr = float(value()?)?,
             "--tau" => args.cfg.tau = float(value()?)?,
             other => {
@@ -91,7 +105,7 @@ fn parse_args() -> Result<Args> {
                     "arguments",
                     "--backend, --steps, --seed, --lr, --tau, --batch, --d-model, --heads-q, \
                      --heads-kv, --concepts, --len, --mark-span, --attention, --keep, --sink, \
-                     --local, --rettention",
+                     --local, --rettention, --min-accuracy",
                     other,
                 ));
             }
@@ -159,7 +173,16 @@ fn run<B: Kernels>(backend: &B, args: &Args) -> Result<()> {
         );
     }
     println!("{} steps in {:.2} s", cfg.steps, wall.as_secs_f64());
-    Ok(())
+    // A NaN accuracy fails too.
+    let last = report.evals.last().map_or(0.0, |e| e.accuracy);
+    match args.min_accuracy {
+        Some(min) if last.partial_cmp(&min).is_none_or(|o| o.is_lt()) => Err(Error::bad(
+            "--min-accuracy",
+            format!("a last held-out accuracy of at least {min}"),
+            last,
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn main() -> Result<()> {
