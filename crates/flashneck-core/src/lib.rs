@@ -13,6 +13,7 @@
 //! The operator contract is `shared/SPEC.md`; every item here follows it.
 
 pub mod backend;
+pub mod checks;
 pub mod dtype;
 pub mod error;
 pub mod grkan_init;

@@ -16,7 +16,7 @@ mod simd;
 use flashneck_core::{
     AttentionOps, AttentionParams, Backend, BackendInfo, BlockLayout, DType, DeviceBuffer,
     DeviceLayout, Element, Error, GrKanOps, GrKanParams, GumbelOps, GumbelParams, HeadDims, OpKind,
-    Result, Scalar, SparseAttentionOps, SparseEpilogue, TopkParams, params::MAX_HEAD_DIM,
+    Result, Scalar, SparseAttentionOps, SparseEpilogue, TopkParams, checks, params::MAX_HEAD_DIM,
 };
 use std::sync::Arc;
 
@@ -124,7 +124,7 @@ impl AttentionOps for CpuBackend {
         o: &mut CpuBuffer<T>,
         lse: &mut CpuBuffer<f32>,
     ) -> Result<()> {
-        p.check_forward(q.len(), k.len(), v.len(), o.len(), lse.len())?;
+        checks::attention_forward(p, q, k, v, o, lse)?;
         // Dense attention is the sparse code path on the full layout.
         let layout = BlockLayout::causal(p);
         self.run(|| {
@@ -148,17 +148,7 @@ impl AttentionOps for CpuBackend {
         dk: &mut CpuBuffer<T>,
         dv: &mut CpuBuffer<T>,
     ) -> Result<()> {
-        p.check_backward(
-            q.len(),
-            k.len(),
-            v.len(),
-            o.len(),
-            d_o.len(),
-            lse.len(),
-            dq.len(),
-            dk.len(),
-            dv.len(),
-        )?;
+        checks::attention_backward(p, q, k, v, o, d_o, lse, dq, dk, dv)?;
         let layout = BlockLayout::causal(p);
         let layout_t = layout.transpose();
         self.run(|| {
@@ -183,16 +173,7 @@ impl SparseAttentionOps for CpuBackend {
         o: &mut CpuBuffer<T>,
         lse: &mut CpuBuffer<f32>,
     ) -> Result<()> {
-        p.check_sparse_forward(
-            layout.host(),
-            q.len(),
-            k.len(),
-            v.len(),
-            epilogue.row_scale.map(|b| b.len()),
-            epilogue.residual.map(|b| b.len()),
-            o.len(),
-            lse.len(),
-        )?;
+        checks::sparse_forward(p, layout, q, k, v, &epilogue, o, lse)?;
         let row_scale = epilogue.row_scale.map(|b| b.0.as_slice());
         let residual = epilogue.residual.map(|b| b.0.as_slice());
         self.run(|| {
@@ -226,19 +207,7 @@ impl SparseAttentionOps for CpuBackend {
         dk: &mut CpuBuffer<T>,
         dv: &mut CpuBuffer<T>,
     ) -> Result<()> {
-        p.check_sparse_backward(
-            layout.host(),
-            layout_t.host(),
-            q.len(),
-            k.len(),
-            v.len(),
-            o.len(),
-            d_o.len(),
-            lse.len(),
-            dq.len(),
-            dk.len(),
-            dv.len(),
-        )?;
+        checks::sparse_backward(p, layout, layout_t, q, k, v, o, d_o, lse, dq, dk, dv)?;
         self.run(|| {
             attention::backward(
                 p,
@@ -280,7 +249,7 @@ impl GrKanOps for CpuBackend {
         b: &CpuBuffer<f32>,
         y: &mut CpuBuffer<T>,
     ) -> Result<()> {
-        p.check_forward(x.len(), a.len(), b.len(), y.len())?;
+        checks::grkan_forward(p, x, a, b, y)?;
         self.run(|| grkan::forward(p, &x.0, &a.0, &b.0, &mut y.0));
         Ok(())
     }
@@ -296,15 +265,7 @@ impl GrKanOps for CpuBackend {
         da: &mut CpuBuffer<f32>,
         db: &mut CpuBuffer<f32>,
     ) -> Result<()> {
-        p.check_backward(
-            x.len(),
-            a.len(),
-            b.len(),
-            dy.len(),
-            dx.len(),
-            da.len(),
-            db.len(),
-        )?;
+        checks::grkan_backward(p, x, a, b, dy, dx, da, db)?;
         self.run(|| grkan::backward(p, &x.0, &a.0, &b.0, &dy.0, &mut dx.0, &mut da.0, &mut db.0));
         Ok(())
     }
@@ -318,7 +279,7 @@ impl GumbelOps for CpuBackend {
         y: &mut CpuBuffer<T>,
         y_soft: Option<&mut CpuBuffer<f32>>,
     ) -> Result<()> {
-        p.check_forward(logits.len(), y.len(), y_soft.as_ref().map(|b| b.len()))?;
+        checks::gumbel_forward(p, logits, y, y_soft.as_deref())?;
         let y_soft = y_soft.map(|b| b.0.as_mut_slice());
         self.run(|| gumbel::forward(p, &logits.0, &mut y.0, y_soft));
         Ok(())
@@ -331,7 +292,7 @@ impl GumbelOps for CpuBackend {
         dy: &CpuBuffer<T>,
         dlogits: &mut CpuBuffer<T>,
     ) -> Result<()> {
-        p.check_backward(y_soft.len(), dy.len(), dlogits.len())?;
+        checks::gumbel_backward(p, y_soft, dy, dlogits)?;
         self.run(|| gumbel::backward(p, &y_soft.0, &dy.0, &mut dlogits.0));
         Ok(())
     }

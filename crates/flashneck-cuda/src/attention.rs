@@ -16,7 +16,7 @@ use crate::memory::CudaBuffer;
 use crate::{CudaBackend, elem_suffix, fits_i32};
 use flashneck_core::{
     AttentionParams, AttentionShape, BlockLayout, DType, DeviceBuffer, DeviceLayout, Element,
-    Error, Result, SparseEpilogue, TopkParams,
+    Error, Result, SparseEpilogue, TopkParams, checks,
 };
 
 /// Head dims (`D = Dv`) with compiled attention kernels.
@@ -199,7 +199,7 @@ pub(crate) fn forward<T: Element>(
     o: &mut CudaBuffer<T>,
     lse: &mut CudaBuffer<f32>,
 ) -> Result<()> {
-    p.check_forward(q.len(), k.len(), v.len(), o.len(), lse.len())?;
+    checks::attention_forward(p, q, k, v, o, lse)?;
     let dense = SparseInputs {
         layout: None,
         row_scale: None,
@@ -221,16 +221,7 @@ pub(crate) fn sparse_forward<T: Element>(
     o: &mut CudaBuffer<T>,
     lse: &mut CudaBuffer<f32>,
 ) -> Result<()> {
-    p.check_sparse_forward(
-        layout.host(),
-        q.len(),
-        k.len(),
-        v.len(),
-        epilogue.row_scale.map(|b| b.len()),
-        epilogue.residual.map(|b| b.len()),
-        o.len(),
-        lse.len(),
-    )?;
+    checks::sparse_forward(p, layout, q, k, v, &epilogue, o, lse)?;
     let sparse = SparseInputs {
         layout: Some(layout),
         row_scale: epilogue.row_scale,

@@ -7,7 +7,7 @@
 use crate::device::{Arg, Device, LaunchConfig};
 use crate::memory::CudaBuffer;
 use crate::{elem_suffix, fits_i32};
-use flashneck_core::{DeviceBuffer, Element, GrKanParams, Result};
+use flashneck_core::{Element, GrKanParams, Result, checks};
 
 /// Threads per block (`GRKAN_THREADS` in grkan.cu).
 const THREADS: u32 = 256;
@@ -62,7 +62,7 @@ pub fn forward<T: Element>(
     b: &CudaBuffer<f32>,
     y: &mut CudaBuffer<T>,
 ) -> Result<()> {
-    p.check_forward(x.len(), a.len(), b.len(), y.len())?;
+    checks::grkan_forward(p, x, a, b, y)?;
     if p.rows == 0 {
         return Ok(());
     }
@@ -101,15 +101,7 @@ pub fn backward<T: Element>(
     da: &mut CudaBuffer<f32>,
     db: &mut CudaBuffer<f32>,
 ) -> Result<()> {
-    p.check_backward(
-        x.len(),
-        a.len(),
-        b.len(),
-        dy.len(),
-        dx.len(),
-        da.len(),
-        db.len(),
-    )?;
+    checks::grkan_backward(p, x, a, b, dy, dx, da, db)?;
     let t = tiling::<T>(dev, p)?;
     let tiles = if p.rows == 0 { 0 } else { t.tiles };
     let mut partials = CudaBuffer::<f32>::zeros(dev, tiles * p.groups * PARTIAL)?;

@@ -7,7 +7,7 @@
 use crate::device::{Arg, Device, LaunchConfig};
 use crate::memory::CudaBuffer;
 use crate::{elem_suffix, fits_i32};
-use flashneck_core::{DeviceBuffer, Element, GumbelParams, Result};
+use flashneck_core::{DeviceBuffer, Element, GumbelParams, Result, checks};
 
 const WARP_ROWS: usize = 4; // GUMBEL_WARP_ROWS
 const WARP_QUADS: usize = 32 * 8; // 32 lanes × GUMBEL_WARP_Q
@@ -36,7 +36,7 @@ pub fn forward<T: Element>(
     y: &mut CudaBuffer<T>,
     y_soft: Option<&mut CudaBuffer<f32>>,
 ) -> Result<()> {
-    p.check_forward(logits.len(), y.len(), y_soft.as_ref().map(|b| b.len()))?;
+    checks::gumbel_forward(p, logits, y, y_soft.as_deref())?;
     if p.rows == 0 {
         return Ok(());
     }
@@ -77,7 +77,7 @@ pub fn backward<T: Element>(
     dy: &CudaBuffer<T>,
     dlogits: &mut CudaBuffer<T>,
 ) -> Result<()> {
-    p.check_backward(y_soft.len(), dy.len(), dlogits.len())?;
+    checks::gumbel_backward(p, y_soft, dy, dlogits)?;
     if p.rows == 0 {
         return Ok(());
     }

@@ -31,9 +31,9 @@ pub use memory::CudaBuffer;
 
 use device::{Device, RealDevice};
 use flashneck_core::{
-    AttentionOps, AttentionParams, Backend, BackendInfo, DType, DeviceBuffer, DeviceLayout,
-    Element, Error, GrKanOps, GrKanParams, GumbelOps, GumbelParams, HeadDims, OpKind, Result,
-    Scalar, SparseAttentionOps, SparseEpilogue, TopkParams,
+    AttentionOps, AttentionParams, Backend, BackendInfo, DType, DeviceLayout, Element, Error,
+    GrKanOps, GrKanParams, GumbelOps, GumbelParams, HeadDims, OpKind, Result, Scalar,
+    SparseAttentionOps, SparseEpilogue, TopkParams, checks,
 };
 
 /// The CUDA backend on one device, real or emulated.
@@ -177,17 +177,7 @@ impl AttentionOps for CudaBackend {
         dk: &mut CudaBuffer<T>,
         dv: &mut CudaBuffer<T>,
     ) -> Result<()> {
-        p.check_backward(
-            q.len(),
-            k.len(),
-            v.len(),
-            o.len(),
-            d_o.len(),
-            lse.len(),
-            dq.len(),
-            dk.len(),
-            dv.len(),
-        )?;
+        checks::attention_backward(p, q, k, v, o, d_o, lse, dq, dk, dv)?;
         attention_bwd::backward(&self.device, p, None, q, k, v, o, d_o, lse, dq, dk, dv)
     }
 }
@@ -222,19 +212,7 @@ impl SparseAttentionOps for CudaBackend {
         dk: &mut CudaBuffer<T>,
         dv: &mut CudaBuffer<T>,
     ) -> Result<()> {
-        p.check_sparse_backward(
-            layout.host(),
-            layout_t.host(),
-            q.len(),
-            k.len(),
-            v.len(),
-            o.len(),
-            d_o.len(),
-            lse.len(),
-            dq.len(),
-            dk.len(),
-            dv.len(),
-        )?;
+        checks::sparse_backward(p, layout, layout_t, q, k, v, o, d_o, lse, dq, dk, dv)?;
         attention_bwd::backward(
             &self.device,
             p,

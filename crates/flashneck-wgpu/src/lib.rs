@@ -25,7 +25,7 @@ pub use shaders::{Storage, Variant};
 use flashneck_core::{
     AttentionOps, AttentionParams, Backend, BackendInfo, DType, DeviceBuffer, DeviceLayout,
     Element, Error, GrKanOps, GrKanParams, GumbelOps, GumbelParams, HeadDims, OpKind, Result,
-    Scalar, SparseAttentionOps, SparseEpilogue, TopkParams,
+    Scalar, SparseAttentionOps, SparseEpilogue, TopkParams, checks,
 };
 use half::{bf16, f16};
 use std::any::TypeId;
@@ -486,7 +486,7 @@ impl AttentionOps for WgpuBackend {
         o: &mut WgpuBuffer<T>,
         lse: &mut WgpuBuffer<f32>,
     ) -> Result<()> {
-        p.check_forward(q.len(), k.len(), v.len(), o.len(), lse.len())?;
+        checks::attention_forward(p, q, k, v, o, lse)?;
         let extras = attention::ForwardExtras {
             layout: None,
             row_scale: None,
@@ -508,17 +508,7 @@ impl AttentionOps for WgpuBackend {
         dk: &mut WgpuBuffer<T>,
         dv: &mut WgpuBuffer<T>,
     ) -> Result<()> {
-        p.check_backward(
-            q.len(),
-            k.len(),
-            v.len(),
-            o.len(),
-            d_o.len(),
-            lse.len(),
-            dq.len(),
-            dk.len(),
-            dv.len(),
-        )?;
+        checks::attention_backward(p, q, k, v, o, d_o, lse, dq, dk, dv)?;
         let g = attention::Grads {
             q,
             k,
@@ -546,16 +536,7 @@ impl SparseAttentionOps for WgpuBackend {
         o: &mut WgpuBuffer<T>,
         lse: &mut WgpuBuffer<f32>,
     ) -> Result<()> {
-        p.check_sparse_forward(
-            layout.host(),
-            q.len(),
-            k.len(),
-            v.len(),
-            epilogue.row_scale.map(|b| b.len()),
-            epilogue.residual.map(|b| b.len()),
-            o.len(),
-            lse.len(),
-        )?;
+        checks::sparse_forward(p, layout, q, k, v, &epilogue, o, lse)?;
         let extras = attention::ForwardExtras {
             layout: Some(layout),
             row_scale: epilogue.row_scale,
@@ -579,19 +560,7 @@ impl SparseAttentionOps for WgpuBackend {
         dk: &mut WgpuBuffer<T>,
         dv: &mut WgpuBuffer<T>,
     ) -> Result<()> {
-        p.check_sparse_backward(
-            layout.host(),
-            layout_t.host(),
-            q.len(),
-            k.len(),
-            v.len(),
-            o.len(),
-            d_o.len(),
-            lse.len(),
-            dq.len(),
-            dk.len(),
-            dv.len(),
-        )?;
+        checks::sparse_backward(p, layout, layout_t, q, k, v, o, d_o, lse, dq, dk, dv)?;
         let g = attention::Grads {
             q,
             k,
@@ -627,7 +596,7 @@ impl GrKanOps for WgpuBackend {
         b: &WgpuBuffer<f32>,
         y: &mut WgpuBuffer<T>,
     ) -> Result<()> {
-        p.check_forward(x.len(), a.len(), b.len(), y.len())?;
+        checks::grkan_forward(p, x, a, b, y)?;
         grkan::forward(self, p, T::DTYPE, x, a, b, y)
     }
 
@@ -642,15 +611,7 @@ impl GrKanOps for WgpuBackend {
         da: &mut WgpuBuffer<f32>,
         db: &mut WgpuBuffer<f32>,
     ) -> Result<()> {
-        p.check_backward(
-            x.len(),
-            a.len(),
-            b.len(),
-            dy.len(),
-            dx.len(),
-            da.len(),
-            db.len(),
-        )?;
+        checks::grkan_backward(p, x, a, b, dy, dx, da, db)?;
         grkan::backward(self, p, T::DTYPE, x, a, b, dy, dx, da, db)
     }
 }
@@ -663,7 +624,7 @@ impl GumbelOps for WgpuBackend {
         y: &mut WgpuBuffer<T>,
         y_soft: Option<&mut WgpuBuffer<f32>>,
     ) -> Result<()> {
-        p.check_forward(logits.len(), y.len(), y_soft.as_ref().map(|b| b.len()))?;
+        checks::gumbel_forward(p, logits, y, y_soft.as_deref())?;
         gumbel::forward(self, p, T::DTYPE, logits, y, y_soft)
     }
 
@@ -674,7 +635,7 @@ impl GumbelOps for WgpuBackend {
         dy: &WgpuBuffer<T>,
         dlogits: &mut WgpuBuffer<T>,
     ) -> Result<()> {
-        p.check_backward(y_soft.len(), dy.len(), dlogits.len())?;
+        checks::gumbel_backward(p, y_soft, dy, dlogits)?;
         gumbel::backward(self, p, T::DTYPE, y_soft, dy, dlogits)
     }
 
