@@ -659,59 +659,46 @@ fn parallel_blocks_match_one_thread() {
 
 #[test]
 fn bad_launches_are_errors() {
-    let mut out = vec![0.0f32; 4];
+    // Outputs poisoned: a refused launch must leave every element untouched.
+    let mut out = vec![f32::NAN; 4];
     let mut op = out.as_mut_ptr();
-    // SAFETY: refused before anything runs (no such kernel); `op` points at a live buffer.
-    let err = unsafe {
-        emu::launch(
+    let refused = [
+        (
             "no_such_kernel",
-            &cfg([1, 1, 1], [1, 1, 1], 0),
-            &mut args!(op),
-        )
-    }
-    .unwrap_err();
-    assert!(err.contains("does not exist"), "{err}");
-    // SAFETY: refused before anything runs (wrong argument count); `op` points at a live buffer.
-    let err = unsafe {
-        emu::launch(
+            cfg([1, 1, 1], [1, 1, 1], 0),
+            "does not exist",
+        ),
+        // emu_selftest_reverse takes two arguments; one is given.
+        (
             "emu_selftest_reverse",
-            &cfg([1, 1, 1], [4, 1, 1], 16),
-            &mut args!(op),
-        )
-    }
-    .unwrap_err();
-    assert!(err.contains("takes 2 arguments, 1 given"), "{err}");
-    // SAFETY: refused before anything runs (invalid configuration); `op` points at a live buffer.
-    let err = unsafe {
-        emu::launch(
+            cfg([1, 1, 1], [4, 1, 1], 16),
+            "takes 2 arguments, 1 given",
+        ),
+        // More than 1024 threads, an empty grid, more shared memory than any device has.
+        (
             "emu_selftest_write_all",
-            &cfg([1, 1, 1], [2048, 1, 1], 0),
-            &mut args!(op),
-        )
-    }
-    .unwrap_err();
-    assert!(err.contains("invalid launch configuration"), "{err}");
-    // SAFETY: refused before anything runs (invalid configuration); `op` points at a live buffer.
-    let err = unsafe {
-        emu::launch(
+            cfg([1, 1, 1], [2048, 1, 1], 0),
+            "invalid launch configuration",
+        ),
+        (
             "emu_selftest_write_all",
-            &cfg([0, 1, 1], [4, 1, 1], 0),
-            &mut args!(op),
-        )
-    }
-    .unwrap_err();
-    assert!(err.contains("invalid launch configuration"), "{err}");
-    // SAFETY: refused before anything runs (invalid configuration); `op` points at a live buffer.
-    let err = unsafe {
-        emu::launch(
+            cfg([0, 1, 1], [4, 1, 1], 0),
+            "invalid launch configuration",
+        ),
+        (
             "emu_selftest_write_all",
-            &cfg([1, 1, 1], [4, 1, 1], 228 * 1024),
-            &mut args!(op),
-        )
+            cfg([1, 1, 1], [4, 1, 1], 228 * 1024),
+            "invalid launch configuration",
+        ),
+    ];
+    for (kernel, config, expected) in refused {
+        // SAFETY: every launch here is refused before anything runs (unknown kernel, wrong
+        // argument count, invalid configuration); `op` points at a live buffer of 4 floats.
+        let err = unsafe { emu::launch(kernel, &config, &mut args!(op)) }
+            .expect_err("a bad launch must be refused");
+        assert!(err.contains(expected), "{kernel}: {err}");
     }
-    .unwrap_err();
-    assert!(err.contains("invalid launch configuration"), "{err}");
-    assert!(out.iter().all(|&v| v == 0.0), "nothing ran");
+    assert!(out.iter().all(|v| v.is_nan()), "nothing ran: {out:?}");
     assert!(emu::kernel_names().contains(&"emu_selftest_block_sum"));
 }
 
