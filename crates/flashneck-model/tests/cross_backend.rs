@@ -106,7 +106,15 @@ fn same_loss_and_grads(
     );
     assert_eq!(g.len(), g_ref.len());
     let mut worst = 0.0f64;
-    for ((name, r), (_, x)) in g_ref.iter().zip(g) {
+    for ((name, r), (x_name, x)) in g_ref.iter().zip(g) {
+        // `f64::max` drops NaN and `zip` stops at the shorter side: check both first, so that
+        // a NaN or a missing entry fails instead of vanishing from the fold.
+        assert_eq!(x_name, name, "{backend}: parameter order differs");
+        assert_eq!(x.len(), r.len(), "{backend}: {name} length");
+        assert!(
+            x.iter().chain(r).all(|v| v.is_finite()),
+            "{backend}: {name} has a non-finite gradient"
+        );
         let scale = r.iter().fold(1e-3f32, |m, v| m.max(v.abs())) as f64;
         let err = r
             .iter()
@@ -197,6 +205,8 @@ fn matches_cpu<B: Kernels>(b: &B) {
         "{}: losses {:?} vs cpu {:?}",
         info.name, r.losses, r_ref.losses
     );
+    assert_eq!(r.losses.len(), tc.steps, "{}: losses recorded", info.name);
+    assert_eq!(r.losses.len(), r_ref.losses.len());
     for (x, r) in r.losses.iter().zip(&r_ref.losses) {
         assert!(rel(*x, *r) < TOL, "{}: loss {x} vs cpu {r}", info.name);
     }

@@ -160,7 +160,18 @@ fn bad_configurations_and_calls_are_typed_errors() {
     ));
     // A training configuration that does not fit the task.
     let cfg = TrainConfig::default();
-    assert!(train(&b, ModelConfig { len: 5, ..good }, &task, &cfg).is_err());
-    assert!(train(&b, good, &task, &TrainConfig { batch: 0, ..cfg }).is_err());
-    assert!(train(&b, good, &task, &TrainConfig { lr: -1.0, ..cfg }).is_err());
+    // Each refused for its own reason (a bare `is_err()` would pass on any error at all).
+    let refused = |r: Result<_, Error>, arg: &str| matches!(r, Err(Error::BadParameter { arg: got, .. }) if got == arg);
+    assert!(refused(
+        train(&b, ModelConfig { len: 5, ..good }, &task, &cfg).map(|_| ()),
+        "model_cfg"
+    ));
+    assert!(refused(
+        train(&b, good, &task, &TrainConfig { batch: 0, ..cfg }).map(|_| ()),
+        "batch"
+    ));
+    assert!(refused(
+        train(&b, good, &task, &TrainConfig { lr: -1.0, ..cfg }).map(|_| ()),
+        "lr"
+    ));
 }
