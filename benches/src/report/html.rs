@@ -91,19 +91,7 @@ pub fn html(res: &Results) -> String {
             s.push_str("</tr>\n");
         }
         s.push_str("</tbody>\n</table>\n");
-        let notes: Vec<String> = b
-            .cases
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| {
-                let peer_err = r.peer.as_ref().and_then(|p| p.error.as_ref());
-                match (&r.message, peer_err) {
-                    (Some(m), _) => Some(format!("#{}: {m}", i + 1)),
-                    (None, Some(e)) => Some(format!("#{}: peer: {e}", i + 1)),
-                    _ => None,
-                }
-            })
-            .collect();
+        let notes = super::case_notes(b);
         if !notes.is_empty() {
             s.push_str("<ul class=\"note\">");
             for n in notes {

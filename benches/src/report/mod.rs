@@ -197,19 +197,7 @@ pub fn markdown(res: &Results) -> String {
         for (i, r) in b.cases.iter().enumerate() {
             out.push_str(&format!("| {} |\n", row(i + 1, r).join(" | ")));
         }
-        let notes: Vec<String> = b
-            .cases
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| {
-                let peer_err = r.peer.as_ref().and_then(|p| p.error.as_ref());
-                match (&r.message, peer_err) {
-                    (Some(m), _) => Some(format!("- #{}: {m}", i + 1)),
-                    (None, Some(e)) => Some(format!("- #{}: peer: {e}", i + 1)),
-                    _ => None,
-                }
-            })
-            .collect();
+        let notes: Vec<String> = case_notes(b).iter().map(|n| format!("- {n}")).collect();
         if !notes.is_empty() {
             out.push_str("\nNotes:\n\n");
             out.push_str(&notes.join("\n"));
@@ -217,6 +205,23 @@ pub fn markdown(res: &Results) -> String {
         }
     }
     out
+}
+
+/// One line per case with a message (why unsupported, failed or not run) or a peer error,
+/// numbered like the table's rows: `#3: ...`, `#5: peer: ...`.
+pub(crate) fn case_notes(b: &BackendResults) -> Vec<String> {
+    b.cases
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let peer_err = r.peer.as_ref().and_then(|p| p.error.as_ref());
+            match (&r.message, peer_err) {
+                (Some(m), _) => Some(format!("#{}: {m}", i + 1)),
+                (None, Some(e)) => Some(format!("#{}: peer: {e}", i + 1)),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
