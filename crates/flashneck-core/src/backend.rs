@@ -10,7 +10,7 @@
 //! Outputs are written whole: an op never relies on the previous contents of an output buffer.
 
 use crate::dtype::{DType, Element, Scalar};
-use crate::error::{Result, check_len};
+use crate::error::{Error, Result, check_len};
 use crate::layout::BlockLayout;
 use crate::params::{AttentionParams, GrKanParams, GumbelParams, TopkParams};
 
@@ -156,6 +156,35 @@ impl<B: Backend> DeviceLayout<B> {
             indices,
         })
     }
+    /// A layout a backend's `block_topk` wrote into `counts` and `indices` on the device, for
+    /// `p`'s shape with rows of `max_blocks`, given with its host copy (`host_counts`,
+    /// `host_indices`, as read back): validated as any layout, so that a kernel bug breaking
+    /// the layout rules is [`Error::Device`] of `backend` rather than a wrong answer.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_device(
+        backend: &str,
+        p: &AttentionParams,
+        max_blocks: usize,
+        host_counts: Vec<u32>,
+        host_indices: Vec<u32>,
+        counts: B::Buffer<u32>,
+        indices: B::Buffer<u32>,
+    ) -> Result<Self> {
+        let s = &p.shape;
+        let (q_blocks, k_blocks) = (s.q_blocks(), s.k_blocks());
+        let host = BlockLayout::new(
+            s.batch,
+            s.heads_q,
+            q_blocks,
+            k_blocks,
+            max_blocks,
+            host_counts,
+            host_indices,
+        )
+        .map_err(|e| Error::device(backend, format!("block_topk built an invalid layout: {e}")))?;
+        DeviceLayout::new(host, counts, indices)
+    }
+
     /// The validated host layout (dims are read from it).
     pub fn host(&self) -> &BlockLayout {
         &self.host

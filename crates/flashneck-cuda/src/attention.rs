@@ -15,8 +15,8 @@ use crate::device::{Arg, Device, LaunchConfig};
 use crate::memory::CudaBuffer;
 use crate::{CudaBackend, elem_suffix, fits_i32};
 use flashneck_core::{
-    AttentionParams, AttentionShape, BlockLayout, DType, DeviceBuffer, DeviceLayout, Element,
-    Error, Result, SparseEpilogue, TopkParams, checks,
+    AttentionParams, AttentionShape, DType, DeviceBuffer, DeviceLayout, Element, Error, Result,
+    SparseEpilogue, TopkParams, checks,
 };
 
 /// Head dims (`D = Dv`) with compiled attention kernels.
@@ -321,20 +321,14 @@ pub(crate) fn block_topk<T: Element>(
         // chooses at most sink + local + keep blocks, each < nKB).
         unsafe { dev.launch("topk_select", &cfg, &args)? };
     }
-    let host = BlockLayout::new(
-        s.batch,
-        s.heads_q,
-        nqb,
-        nkb,
+    let (host_counts, host_indices) = (counts.to_host(dev)?, indices.to_host(dev)?);
+    DeviceLayout::from_device(
+        dev.backend(),
+        p,
         max_blocks,
-        counts.to_host(dev)?,
-        indices.to_host(dev)?,
+        host_counts,
+        host_indices,
+        counts,
+        indices,
     )
-    .map_err(|e| {
-        Error::device(
-            dev.backend(),
-            format!("block_topk built an invalid layout: {e}"),
-        )
-    })?;
-    DeviceLayout::new(host, counts, indices)
 }

@@ -9,8 +9,7 @@ use crate::device::{Bind, Launch};
 use crate::shaders::Shader;
 use crate::{BACKEND, WgpuBackend, WgpuBuffer};
 use flashneck_core::{
-    AttentionParams, AttentionShape, Backend, BlockLayout, DType, DeviceLayout, Error, Result,
-    TopkParams,
+    AttentionParams, AttentionShape, Backend, DType, DeviceLayout, Error, Result, TopkParams,
 };
 
 /// Tile edge of the attention kernels (query rows and keys per tile).
@@ -405,17 +404,16 @@ pub(crate) fn block_topk<T>(
             workgroups: (rows as u64).div_ceil(WG),
         },
     ])?;
-    let host = BlockLayout::new(
-        s.batch,
-        s.heads_q,
-        nqb,
-        nkb,
+    let (host_counts, host_indices) = (be.download(&counts)?, be.download(&indices)?);
+    DeviceLayout::from_device(
+        BACKEND,
+        p,
         max_blocks,
-        be.download(&counts)?,
-        be.download(&indices)?,
+        host_counts,
+        host_indices,
+        counts,
+        indices,
     )
-    .map_err(|e| Error::device(BACKEND, format!("block_topk built an invalid layout: {e}")))?;
-    DeviceLayout::new(host, counts, indices)
 }
 
 #[cfg(test)]
