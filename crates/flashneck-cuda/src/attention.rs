@@ -117,6 +117,28 @@ fn forward_threads<T: Element>() -> u32 {
     }
 }
 
+/// A layout as kernel arguments: the addresses of its `counts` and `indices` and its
+/// `max_blocks` (checked to fit an i32); null pointers and 0 for dense attention, which the
+/// kernels read as "every visible block".
+pub(crate) fn layout_args(
+    dev: &Device,
+    layout: Option<&DeviceLayout<CudaBackend>>,
+) -> Result<([Arg; 2], usize)> {
+    match layout {
+        Some(l) => {
+            fits_i32(dev, "layout.max_blocks", l.host().max_blocks())?;
+            Ok((
+                [
+                    Arg::Ptr(l.counts().addr(dev)?),
+                    Arg::Ptr(l.indices().addr(dev)?),
+                ],
+                l.host().max_blocks(),
+            ))
+        }
+        None => Ok(([Arg::Ptr(0), Arg::Ptr(0)], 0)),
+    }
+}
+
 /// The layout and epilogue inputs of one forward launch; all `None` for dense attention.
 struct SparseInputs<'a, T: Element> {
     layout: Option<&'a DeviceLayout<CudaBackend>>,
@@ -141,17 +163,7 @@ fn launch_forward<T: Element>(
     if s.batch == 0 || s.len_q == 0 {
         return Ok(());
     }
-    let (counts, indices, max_blocks) = match sparse.layout {
-        Some(l) => {
-            fits_i32(dev, "layout.max_blocks", l.host().max_blocks())?;
-            (
-                l.counts().addr(dev)?,
-                l.indices().addr(dev)?,
-                l.host().max_blocks(),
-            )
-        }
-        None => (0, 0, 0),
-    };
+    let ([counts, indices], max_blocks) = layout_args(dev, sparse.layout)?;
     let row_scale = match sparse.row_scale {
         Some(b) => b.addr(dev)?,
         None => 0,
@@ -166,8 +178,8 @@ fn launch_forward<T: Element>(
         Arg::Ptr(v.addr(dev)?),
         Arg::Ptr(o.addr_mut(dev)?),
         Arg::Ptr(lse.addr_mut(dev)?),
-        Arg::Ptr(counts),
-        Arg::Ptr(indices),
+        counts,
+        indices,
         Arg::I32(max_blocks as i32),
         Arg::Ptr(row_scale),
         Arg::Ptr(residual),

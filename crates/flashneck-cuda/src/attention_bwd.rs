@@ -15,10 +15,12 @@
 //! TF32, whose 10-bit mantissa would miss SPEC's f32 tolerance). Head dims: `D = Dv` in
 //! `attention::HEAD_DIMS`, checked by the shared `check_attention`, as are the 32-bit sizes.
 
-use crate::attention::{attention_grid, attention_shape_args, check_attention, kernel_name};
+use crate::attention::{
+    attention_grid, attention_shape_args, check_attention, kernel_name, layout_args,
+};
 use crate::device::{Arg, Device, LaunchConfig};
 use crate::memory::CudaBuffer;
-use crate::{CudaBackend, elem_suffix, fits_i32};
+use crate::{CudaBackend, elem_suffix};
 use flashneck_core::{AttentionParams, BLOCK, DType, DeviceLayout, Element, Result};
 
 /// Threads of the SIMT kernels (`ATTN_BWD_THREADS`: 64 rows × 4).
@@ -96,24 +98,8 @@ pub fn backward<T: Element>(
     // Null counts mean dense to the kernels. A sparse layout's counts are never empty where a
     // kernel reads them: `[B, Hq, nQB]` for dQ (launched only when nQB > 0) and `[B, Hq, nKB]`
     // for dK/dV (only when nKB > 0), so a real device never hands out address 0 for them.
-    let (layout, layout_t) = match layouts {
-        Some((l, lt)) => (
-            [
-                Arg::Ptr(l.counts().addr(dev)?),
-                Arg::Ptr(l.indices().addr(dev)?),
-            ],
-            [
-                Arg::Ptr(lt.counts().addr(dev)?),
-                Arg::Ptr(lt.indices().addr(dev)?),
-            ],
-        ),
-        None => ([Arg::Ptr(0), Arg::Ptr(0)], [Arg::Ptr(0), Arg::Ptr(0)]),
-    };
-    let (max_blocks, max_blocks_t) = match layouts {
-        Some((l, lt)) => (l.host().max_blocks(), lt.host().max_blocks()),
-        None => (0, 0),
-    };
-    fits_i32(dev, "layout max_blocks", max_blocks.max(max_blocks_t))?;
+    let (layout, max_blocks) = layout_args(dev, layouts.map(|(l, _)| l))?;
+    let (layout_t, max_blocks_t) = layout_args(dev, layouts.map(|(_, lt)| lt))?;
     let kind = if uses_mma::<T>() { "mma" } else { "simt" };
     let (smem_dkdv, smem_dq) = shared_bytes::<T>(d);
     let threads = if uses_mma::<T>() {
