@@ -63,10 +63,10 @@ const SRC_DO: u32 = 3u;
 
 fn load(src: u32, i: u32) -> f32 {
     switch src {
-        case 0u: { return f32(q[i]); }
-        case 1u: { return f32(k[i]); }
-        case 2u: { return f32(v[i]); }
-        default: { return f32(d_o[i]); }
+        case 0u: { return q_ld(i); }
+        case 1u: { return k_ld(i); }
+        case 2u: { return v_ld(i); }
+        default: { return d_o_ld(i); }
     }
 }
 
@@ -330,9 +330,9 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     for (var col = l; col < p.head_dim_v; col += 4u) {
         var out = acc[col / 4u] * inv * scale_row;
         if (p.has_residual == 1u) {
-            out += f32(residual[row * p.head_dim_v + col]);
+            out += residual_ld(row * p.head_dim_v + col);
         }
-        o_out[row * p.head_dim_v + col] = to_elem(out);
+        o_out_st(row * p.head_dim_v + col, out);
     }
 }
 
@@ -349,7 +349,7 @@ fn attention_backward_delta(@builtin(workgroup_id) wg: vec3<u32>,
     }
     var s = 0.0;
     for (var c = 0u; c < p.head_dim_v; c++) {
-        s += f32(d_o[row * p.head_dim_v + c]) * f32(o_in[row * p.head_dim_v + c]);
+        s += d_o_ld(row * p.head_dim_v + c) * o_in_ld(row * p.head_dim_v + c);
     }
     delta[row] = s;
 }
@@ -433,7 +433,7 @@ fn attention_backward_dq(@builtin(workgroup_id) wg: vec3<u32>,
         if (p.last_pass == 0u) {
             state[row * p.head_dim + col] = acc[col / 4u];
         } else {
-            dq[row * p.head_dim + col] = to_elem(p.scale * acc[col / 4u]);
+            dq_st(row * p.head_dim + col, p.scale * acc[col / 4u]);
         }
     }
 }
@@ -521,9 +521,9 @@ fn attention_backward_dkdv(@builtin(workgroup_id) wg: vec3<u32>,
         return;
     }
     for (var col = l; col < p.head_dim; col += 4u) {
-        dk[key * p.head_dim + col] = to_elem(p.scale * acc_k[col / 4u]);
+        dk_st(key * p.head_dim + col, p.scale * acc_k[col / 4u]);
     }
     for (var col = l; col < p.head_dim_v; col += 4u) {
-        dv[key * p.head_dim_v + col] = to_elem(acc_v[col / 4u]);
+        dv_st(key * p.head_dim_v + col, acc_v[col / 4u]);
     }
 }

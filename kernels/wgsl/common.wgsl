@@ -1,9 +1,10 @@
 // Shared by every flashneck kernel: the host prepends this file to each shader's source, after
 // a prelude that declares `elem`, the storage type of the op's tensors (src/shaders.rs):
-// `f32` for f32 and bf16 tensors (bf16 widened on upload, narrowed on download) and for f16
-// ones on adapters without SHADER_F16; `f16` (with `enable f16;`) for f16 tensors where the
-// adapter has it. Kernels load `f32(x[i])`, compute in f32, and store `to_elem(v)`, which rounds
-// to the op's element type first, so a device buffer only ever holds values of that type.
+// `f32` for f32 tensors and for f16 ones on adapters without SHADER_F16; `f16` (with
+// `enable f16;`) for f16 tensors where the adapter has it. bf16 tensors are packed two per u32
+// word. Kernels touch tensors only through the accessors src/shaders.rs appends (`x_ld(i)`,
+// `out_st(i, v)`, ...): they compute in f32, and stores round to the op's element type first
+// (`to_elem`, `bf16_bits`), so a device buffer only ever holds values of that type.
 
 // Element type of the op's tensors, fixed per pipeline: 0 = f32, 1 = f16, 2 = bf16.
 override DTYPE: u32 = 0u;
@@ -16,6 +17,16 @@ fn narrow_bf16(v: f32) -> f32 {
         return bitcast<f32>((bits & 0xffff0000u) | 0x00400000u);
     }
     return bitcast<f32>((bits + 0x7fffu + ((bits >> 16u) & 1u)) & 0xffff0000u);
+}
+
+// The bits of a bf16 (the nearest to v, ties to even; NaN kept), in the low half of a u32.
+fn bf16_bits(v: f32) -> u32 {
+    return bitcast<u32>(narrow_bf16(v)) >> 16u;
+}
+
+// Element i of a packed bf16 tensor, from its word (element 2w in the low half of word w).
+fn bf16_half(word: u32, i: u32) -> f32 {
+    return bitcast<f32>(select(word << 16u, word & 0xffff0000u, (i & 1u) == 1u));
 }
 
 // Round to the nearest f16 (ties to even), kept in an f32: overflow to ±inf, subnormals on the

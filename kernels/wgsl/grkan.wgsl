@@ -1,10 +1,16 @@
 // Group-Rational KAN (SPEC §3): y = P(x) / Q(x), P(x) = Σ a_i x^i, Q(x) = 1 + Σ |b_j| |x|^j.
 //
-// Forward: one thread per element. Backward: pass 1 (`grkan_backward_partials`) gives each
-// workgroup a tile of `rows_per_tile` rows of one group; it writes dx and reduces the tile's
-// coefficient gradients (da, db) in workgroup memory into one partial per tile. Pass 2
-// (`grkan_backward_reduce`) sums the partials of each coefficient over the tiles in tile order.
-// No atomics: the result is bitwise reproducible. The workgroup reduction is reduce.wgsl's.
+// Forward: one thread per pair of elements (2e, 2e + 1). Backward: pass 1
+// (`grkan_backward_partials`) gives each workgroup a tile of `rows_per_tile` rows of one group;
+// it writes dx and reduces the tile's coefficient gradients (da, db) in workgroup memory into
+// one partial per tile. Pass 2 (`grkan_backward_reduce`) sums the partials of each coefficient
+// over the tiles in tile order. No floating atomics: the result is bitwise reproducible. The
+// workgroup reduction is reduce.wgsl's.
+//
+// Threads own pairs of elements at even flat indices (one word of packed bf16, so a pair is
+// stored at once); in the backward a group's columns of a row may start or end mid-pair, and
+// such a pair is shared with the neighbouring group's workgroup: each stores only its own
+// element (`out_stp`).
 
 struct Params {
     rows: u32,
@@ -71,16 +77,51 @@ fn sgn(v: f32) -> f32 {
     return select(1.0, -1.0, v < 0.0);
 }
 
+// y at flat element e.
+fn forward_at(e: u32) -> f32 {
+    let r = rational((e % p.channels) / p.group_width, x_ld(e));
+    return r.num / r.q;
+}
+
 @compute @workgroup_size(256)
 fn grkan_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
-    let e = flat_workgroup(wg, nwg) * WG + lid;
+    let e = 2u * (flat_workgroup(wg, nwg) * WG + lid);
     if (e >= p.elements) {
         return;
     }
-    let g = (e % p.channels) / p.group_width;
-    let r = rational(g, f32(x[e]));
-    out[e] = to_elem(r.num / r.q);
+    if (e + 1u < p.elements) {
+        out_st2(e, forward_at(e), forward_at(e + 1u));
+    } else {
+        out_st(e, forward_at(e));
+    }
+}
+
+// The backward at flat element e of group g: returns dx, adds the element's terms to the
+// coefficient gradients in acc.
+fn backward_at(e: u32, g: u32, acc: ptr<function, array<f32, MAX_COEFS>>) -> f32 {
+    let m = p.num_degree;
+    let n = p.den_degree;
+    let xv = x_ld(e);
+    let g_out = dy_ld(e);
+    let r = rational(g, xv);
+    let inv_q = 1.0 / r.q;
+    let dq = sgn(xv) * r.dq_abs;
+    // da_i += dy · x^i / Q
+    var xi = 1.0;
+    for (var i = 0u; i <= m; i++) {
+        (*acc)[i] += g_out * xi * inv_q;
+        xi *= xv;
+    }
+    // db_j += −dy · P/Q² · sgn(b_j) · |x|^j
+    let db_common = -g_out * r.num * inv_q * inv_q;
+    let ax = abs(xv);
+    var axj = ax;
+    for (var j = 1u; j <= n; j++) {
+        (*acc)[m + j] += db_common * sgn(b[g * n + j - 1u]) * axj;
+        axj *= ax;
+    }
+    return g_out * (r.dnum * inv_q - r.num * dq * inv_q * inv_q);
 }
 
 @compute @workgroup_size(256)
@@ -98,34 +139,30 @@ fn grkan_backward_partials(@builtin(workgroup_id) wg: vec3<u32>,
     let n = p.den_degree;
     let ncoef = m + 1u + n;
     let row0 = tile * p.rows_per_tile;
-    let count = (min(p.rows, row0 + p.rows_per_tile) - row0) * p.group_width;
+    let rows = min(p.rows, row0 + p.rows_per_tile) - row0;
+    // A row's group_width elements from its start s overlap at most group_width / 2 + 1 pairs,
+    // the first at s rounded down to even: each thread takes pair slots of the tile's rows.
+    let slots = p.group_width / 2u + 1u;
 
     var acc: array<f32, MAX_COEFS>;
     for (var k = 0u; k < MAX_COEFS; k++) {
         acc[k] = 0.0;
     }
-    for (var t = lid; t < count; t += WG) {
-        let e = (row0 + t / p.group_width) * p.channels + g * p.group_width + t % p.group_width;
-        let xv = f32(x[e]);
-        let g_out = f32(dy[e]);
-        let r = rational(g, xv);
-        let inv_q = 1.0 / r.q;
-        let dq = sgn(xv) * r.dq_abs;
-        out[e] = to_elem(g_out * (r.dnum * inv_q - r.num * dq * inv_q * inv_q));
-        // da_i += dy · x^i / Q
-        var xi = 1.0;
-        for (var i = 0u; i <= m; i++) {
-            acc[i] += g_out * xi * inv_q;
-            xi *= xv;
+    for (var t = lid; t < rows * slots; t += WG) {
+        let start = (row0 + t / slots) * p.channels + g * p.group_width;
+        let end = start + p.group_width;
+        let e = (start & ~1u) + 2u * (t % slots);
+        let first = e >= start && e < end;
+        let second = e + 1u >= start && e + 1u < end;
+        var d0 = 0.0;
+        var d1 = 0.0;
+        if (first) {
+            d0 = backward_at(e, g, &acc);
         }
-        // db_j += −dy · P/Q² · sgn(b_j) · |x|^j
-        let db_common = -g_out * r.num * inv_q * inv_q;
-        let ax = abs(xv);
-        var axj = ax;
-        for (var j = 1u; j <= n; j++) {
-            acc[m + j] += db_common * sgn(b[g * n + j - 1u]) * axj;
-            axj *= ax;
+        if (second) {
+            d1 = backward_at(e + 1u, g, &acc);
         }
+        out_stp(e, first, second, d0, d1);
     }
     // Reduce each coefficient over the workgroup (reduce.wgsl or reduce_subgroup.wgsl), in a
     // fixed pattern.

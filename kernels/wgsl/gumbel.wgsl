@@ -118,15 +118,16 @@ fn reduce_argmax(lid: u32, v: f32, i: u32) -> u32 {
     return r;
 }
 
-// The row passes, over the row's elements k0, k0 + stride, ... < K of the row at flat `base`:
-// the workgroup entry points stride by WG from their thread, the `_rows` ones walk the whole
-// row (k0 = 0, stride = 1). Each returns this thread's part of what the next step reduces.
+// The row passes, over the row's elements k0, k0 + stride, ... < K of the row at flat `base`
+// (the passes that write `out`: over its pairs, below): the workgroup entry points stride by WG
+// from their thread, the `_rows` ones walk the whole row (k0 = 0, stride = 1). Each returns
+// this thread's part of what the next step reduces.
 
 // Forward pass 1: s = logits + g, kept in `y_soft` (f32) until the last pass; the max.
 fn perturb(base: u32, k0: u32, stride: u32) -> f32 {
     var m = -3.4028235e38;
     for (var k = k0; k < p.classes; k += stride) {
-        let s = f32(logits[base + k]) + gumbel_noise_at(base + k);
+        let s = logits_ld(base + k) + gumbel_noise_at(base + k);
         y_soft[base + k] = s;
         m = max(m, s);
     }
@@ -144,30 +145,66 @@ fn exponentiate(base: u32, k0: u32, stride: u32, m: f32) -> f32 {
     return sum;
 }
 
+// The passes that write `out` walk the row by pairs of elements at even flat indices (one word
+// of packed bf16): pair j of the row at `base` starts at flat index `e`; `first` and `second`
+// say which of its two elements are in the row (the others belong to the rows around it, which
+// other threads write: `out_stp` stores only this row's).
+struct Pair {
+    e: u32,
+    first: bool,
+    second: bool,
+}
+
+fn row_pairs(base: u32) -> u32 {
+    return ((base + p.classes + 1u) >> 1u) - (base >> 1u);
+}
+
+fn row_pair(base: u32, j: u32) -> Pair {
+    let e = (base & ~1u) + 2u * j;
+    return Pair(e, e >= base, e + 1u < base + p.classes);
+}
+
 // The largest normalised value seen and its index (0xffffffff when none).
 struct Best {
     value: f32,
     index: u32,
 }
 
-// Forward pass 3: normalise (y_soft, y rounded); track the argmax for the hard sample.
+// Forward pass 3 at flat element e: normalise (y_soft), track the argmax for the hard sample.
+fn normalise_at(e: u32, base: u32, inv_sum: f32, best: ptr<function, Best>) -> f32 {
+    let ys = y_soft[e] * inv_sum;
+    y_soft[e] = ys;
+    if (ys > (*best).value) {
+        *best = Best(ys, e - base);
+    }
+    return ys;
+}
+
+// Forward pass 3: normalise (y_soft, and y rounded), each thread in increasing index order.
 fn normalise(base: u32, k0: u32, stride: u32, inv_sum: f32) -> Best {
     var best = Best(-1.0, 0xffffffffu);
-    for (var k = k0; k < p.classes; k += stride) {
-        let ys = y_soft[base + k] * inv_sum;
-        y_soft[base + k] = ys;
-        if (ys > best.value) {
-            best = Best(ys, k);
+    for (var j = k0; j < row_pairs(base); j += stride) {
+        let q = row_pair(base, j);
+        var y0 = 0.0;
+        var y1 = 0.0;
+        if (q.first) {
+            y0 = normalise_at(q.e, base, inv_sum, &best);
         }
-        out[base + k] = to_elem(ys);
+        if (q.second) {
+            y1 = normalise_at(q.e + 1u, base, inv_sum, &best);
+        }
+        out_stp(q.e, q.first, q.second, y0, y1);
     }
     return best;
 }
 
 // Hard forward: y = one_hot(arg).
 fn write_one_hot(base: u32, k0: u32, stride: u32, arg: u32) {
-    for (var k = k0; k < p.classes; k += stride) {
-        out[base + k] = to_elem(select(0.0, 1.0, k == arg));
+    let hot = base + arg;
+    for (var j = k0; j < row_pairs(base); j += stride) {
+        let q = row_pair(base, j);
+        out_stp(q.e, q.first, q.second, select(0.0, 1.0, q.e == hot),
+                select(0.0, 1.0, q.e + 1u == hot));
     }
 }
 
@@ -175,15 +212,29 @@ fn write_one_hot(base: u32, k0: u32, stride: u32, arg: u32) {
 fn dot_y_soft_dy(base: u32, k0: u32, stride: u32) -> f32 {
     var dot = 0.0;
     for (var k = k0; k < p.classes; k += stride) {
-        dot += y_soft_in[base + k] * f32(dy[base + k]);
+        dot += y_soft_in[base + k] * dy_ld(base + k);
     }
     return dot;
 }
 
-// Backward pass 2: dlogits = y_soft (dy − dot) / tau.
+// Backward pass 2 at flat element e: dlogits = y_soft (dy − dot) / tau.
+fn dlogits_at(e: u32, dot: f32) -> f32 {
+    return p.inv_tau * y_soft_in[e] * (dy_ld(e) - dot);
+}
+
+// Backward pass 2, by pairs.
 fn write_dlogits(base: u32, k0: u32, stride: u32, dot: f32) {
-    for (var k = k0; k < p.classes; k += stride) {
-        out[base + k] = to_elem(p.inv_tau * y_soft_in[base + k] * (f32(dy[base + k]) - dot));
+    for (var j = k0; j < row_pairs(base); j += stride) {
+        let q = row_pair(base, j);
+        var d0 = 0.0;
+        var d1 = 0.0;
+        if (q.first) {
+            d0 = dlogits_at(q.e, dot);
+        }
+        if (q.second) {
+            d1 = dlogits_at(q.e + 1u, dot);
+        }
+        out_stp(q.e, q.first, q.second, d0, d1);
     }
 }
 
@@ -252,7 +303,7 @@ fn gumbel_noise(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
                 @builtin(local_invocation_index) lid: u32) {
     let n = flat_workgroup(wg, nwg) * WG + lid;
     if (n < p.elements) {
-        out[n] = elem(gumbel_noise_at(n));
+        out_st(n, gumbel_noise_at(n));
     }
 }
 

@@ -35,7 +35,7 @@ fn topk_pool(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
         let end = min(p.len_q, blk * BLOCK + BLOCK);
         var s = 0.0;
         for (var i = blk * BLOCK; i < end; i++) {
-            s += f32(q[(head * p.len_q + i) * d_len + d]);
+            s += q_ld((head * p.len_q + i) * d_len + d);
         }
         q_means[idx] = s / f32(end - blk * BLOCK);
     } else if (idx < q_items + k_items) {
@@ -47,7 +47,7 @@ fn topk_pool(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
         let end = min(p.len_k, blk * BLOCK + BLOCK);
         var s = 0.0;
         for (var j = blk * BLOCK; j < end; j++) {
-            s += f32(k[(head * p.len_k + j) * d_len + d]);
+            s += k_ld((head * p.len_k + j) * d_len + d);
         }
         k_means[kidx] = s / f32(end - blk * BLOCK);
     }

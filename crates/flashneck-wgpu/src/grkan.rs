@@ -66,7 +66,8 @@ pub(crate) fn forward<T>(
             (3, Bind::Read(b.raw())),
             (5, Bind::Write(y.raw())),
         ],
-        workgroups: (p.x_len() as u64).div_ceil(WG),
+        // One thread per pair of elements.
+        workgroups: (p.x_len() as u64).div_ceil(2).div_ceil(WG),
     }])
 }
 

@@ -7,11 +7,11 @@
 //! [`WgpuBackend::new`]: an instance restricted to Vulkan, the adapter, a device with the
 //! adapter's own limits, error handlers that record instead of panicking. Tensors are storage
 //! buffers ([`Storage`]): `f16` tensors as native f16 where the adapter has `SHADER_F16` (unless
-//! [`Options::f16_storage`] is off), everything else as 32-bit words: `f32` and `u32` as they
-//! are, `bf16` (which WGSL lacks) and fallback `f16` widened to `f32` on upload and narrowed back
-//! (round to nearest even) on download. Every kernel computes in f32 and rounds what it stores
-//! to the op's element type, so device values are always exact values of that type
-//! (docs/wgpu.md says why and what it costs).
+//! [`Options::f16_storage`] is off), `bf16` (which WGSL lacks) packed two per 32-bit word, and
+//! everything else as 32-bit words: `f32` and `u32` as they are, fallback `f16` widened to `f32`
+//! on upload and narrowed back (round to nearest even) on download. Every kernel computes in f32
+//! and rounds what it stores to the op's element type, so device values are always exact values
+//! of that type (docs/wgpu.md says why and what it costs).
 
 mod attention;
 mod device;
@@ -66,7 +66,7 @@ impl<T> WgpuBuffer<T> {
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
     /// Store `f16` tensors as native f16 where the adapter has `SHADER_F16` (the default). Off:
-    /// widened to f32 like bf16.
+    /// widened to f32 words. (bf16 is packed two per word on every adapter.)
     pub f16_storage: bool,
     /// Row reductions (GR-KAN, Gumbel) with subgroup operations where the adapter has
     /// `SUBGROUP` (the default). Off: workgroup-memory trees only.
@@ -224,10 +224,12 @@ impl WgpuBackend {
     }
 
     /// How tensors of `dtype` are stored on this device: native f16 for f16 where the
-    /// adapter has `SHADER_F16` and [`Options::f16_storage`] is on, else 32-bit words.
+    /// adapter has `SHADER_F16` and [`Options::f16_storage`] is on, bf16 packed two per word,
+    /// else 32-bit words.
     pub fn storage(&self, dtype: DType) -> Storage {
         match dtype {
             DType::F16 if self.f16_storage => Storage::F16,
+            DType::BF16 => Storage::Bf16,
             _ => Storage::F32,
         }
     }
@@ -236,6 +238,8 @@ impl WgpuBackend {
     fn storage_of<T: Scalar>(&self) -> Storage {
         if TypeId::of::<T>() == TypeId::of::<f16>() {
             self.storage(DType::F16)
+        } else if TypeId::of::<T>() == TypeId::of::<bf16>() {
+            self.storage(DType::BF16)
         } else {
             Storage::F32
         }
@@ -360,31 +364,24 @@ impl WgpuBackend {
         Ok(self.create::<f32>(len, Storage::F32, None)?.buffer)
     }
 
-    /// The word layout (`Storage::F32`) of a host slice: halves widened to f32.
+    /// The word layout (`Storage::F32`) of a host slice: fallback f16 widened to f32.
     fn to_words<T: Scalar>(data: &[T]) -> Vec<u8> {
-        let widened: Option<Vec<f32>> = if TypeId::of::<T>() == TypeId::of::<f16>() {
+        if TypeId::of::<T>() == TypeId::of::<f16>() {
             let h: &[f16] = bytemuck::cast_slice(data);
-            Some(h.iter().map(|v| v.to_f32()).collect())
-        } else if TypeId::of::<T>() == TypeId::of::<bf16>() {
-            let h: &[bf16] = bytemuck::cast_slice(data);
-            Some(h.iter().map(|v| v.to_f32()).collect())
+            let w: Vec<f32> = h.iter().map(|v| v.to_f32()).collect();
+            bytemuck::cast_slice(&w).to_vec()
         } else {
-            None
-        };
-        match widened {
-            Some(w) => bytemuck::cast_slice(&w).to_vec(),
-            None => bytemuck::cast_slice(data).to_vec(),
+            bytemuck::cast_slice(data).to_vec()
         }
     }
 
-    /// The host values of device words: f32 narrowed to halves (round to nearest even).
+    /// The host values of device words: fallback f16 narrowed (round to nearest even).
     fn from_words<T: Scalar>(words: &[u32]) -> Vec<T> {
-        let floats = || words.iter().map(|&w| f32::from_bits(w));
         if TypeId::of::<T>() == TypeId::of::<f16>() {
-            let h: Vec<f16> = floats().map(f16::from_f32).collect();
-            bytemuck::cast_slice(&h).to_vec()
-        } else if TypeId::of::<T>() == TypeId::of::<bf16>() {
-            let h: Vec<bf16> = floats().map(bf16::from_f32).collect();
+            let h: Vec<f16> = words
+                .iter()
+                .map(|&w| f16::from_f32(f32::from_bits(w)))
+                .collect();
             bytemuck::cast_slice(&h).to_vec()
         } else {
             bytemuck::cast_slice(words).to_vec()
@@ -439,8 +436,10 @@ impl Backend for WgpuBackend {
     fn upload<T: Scalar>(&self, data: &[T]) -> Result<WgpuBuffer<T>> {
         let storage = self.storage_of::<T>();
         match storage {
-            // Native f16: the host bytes as they are.
-            Storage::F16 => self.create(data.len(), storage, Some(bytemuck::cast_slice(data))),
+            // Native f16, packed bf16: the host bytes as they are.
+            Storage::F16 | Storage::Bf16 => {
+                self.create(data.len(), storage, Some(bytemuck::cast_slice(data)))
+            }
             Storage::F32 => self.create(data.len(), storage, Some(&Self::to_words(data))),
         }
     }
@@ -452,10 +451,11 @@ impl Backend for WgpuBackend {
         let bytes = buf.len as u64 * buf.storage.bytes();
         let raw = self.read_back(&buf.buffer, bytes.next_multiple_of(WORD))?;
         match buf.storage {
-            Storage::F16 => {
-                let halves: Vec<f16> = raw[..bytes as usize]
+            Storage::F16 | Storage::Bf16 => {
+                // T is f16 or bf16: 2-byte halves, little-endian like the device's words.
+                let halves: Vec<u16> = raw[..bytes as usize]
                     .chunks_exact(2)
-                    .map(|h| f16::from_le_bytes([h[0], h[1]]))
+                    .map(|h| u16::from_le_bytes([h[0], h[1]]))
                     .collect();
                 Ok(bytemuck::cast_slice(&halves).to_vec())
             }

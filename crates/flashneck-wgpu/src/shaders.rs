@@ -4,8 +4,13 @@
 //! type of the op's tensors (`alias elem = f32;`, or `enable f16; alias elem = f16;`), then
 //! `common.wgsl` (element narrowing, grid indexing), then the shared files its op needs
 //! ([`Shader::includes`]: for GR-KAN and Gumbel, the row reductions of `reduce.wgsl`, or of
-//! `reduce_subgroup.wgsl` in the subgroup variant), then the op's file. Tensor bindings are
-//! `array<elem>`: kernels load `f32(x[i])`, compute in f32 and store `to_elem(v)`.
+//! `reduce_subgroup.wgsl` in the subgroup variant), then the op's file, then the tensor
+//! accessors ([`accessors`]). The op files declare each tensor binding `array<elem>` and touch
+//! it only through its accessors: `x_ld(i)` loads element `i` as f32, `out_st(i, v)` rounds `v`
+//! to the op's element type and stores it, `out_st2(i, v0, v1)` stores elements `i` and
+//! `i + 1` (`i` even) that one thread owns, `out_stp` a pair of which the thread owns one or
+//! both. Packed bf16 ([`Storage::Bf16`]) rewrites those bindings to `array<u32>` (read) and
+//! `array<atomic<u32>>` (written), two elements per word.
 //! [`validate`] runs naga's WGSL front end and validator on it, and [`workgroup_bytes`] sums the
 //! sizes of its workgroup-memory globals, because neither naga nor lavapipe checks them against
 //! `max_compute_workgroup_storage_size`; the backend refuses a shader that does not fit.
@@ -29,30 +34,37 @@ pub enum Shader {
     Topk,
 }
 
-/// How an op's tensors are stored on the device (the WGSL `elem` type of their bindings).
+/// How an op's tensors are stored on the device (the WGSL type of their bindings).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Storage {
-    /// A 32-bit word per element: f32 as is, f16 and bf16 widened to f32 (and `u32` tensors).
+    /// A 32-bit word per element: f32 as is, fallback f16 widened to f32 (and `u32` tensors).
     F32,
     /// Native f16 (2 bytes per element); needs `SHADER_F16`.
     F16,
+    /// bf16, which WGSL lacks, packed two per 32-bit word (element `2w` in the low half of word
+    /// `w`, the host's little-endian bytes as they are). Needs nothing beyond core WGSL: loads
+    /// shift the half into an f32's high bits; stores of a lone element go through two atomic
+    /// ops on the word (clear the half, then set it), so neighbours written by other threads
+    /// survive; a thread that owns both halves stores the word at once.
+    Bf16,
 }
 
 impl Storage {
-    pub const ALL: [Storage; 2] = [Storage::F32, Storage::F16];
+    pub const ALL: [Storage; 3] = [Storage::F32, Storage::F16, Storage::Bf16];
 
     /// Bytes per element on the device.
     pub const fn bytes(self) -> u64 {
         match self {
             Storage::F32 => 4,
-            Storage::F16 => 2,
+            Storage::F16 | Storage::Bf16 => 2,
         }
     }
 
-    /// The WGSL type of a tensor element in this storage.
+    /// The WGSL `elem` type: the element type of the tensor bindings (bf16 rewrites them to
+    /// words, so its `elem` only types common.wgsl's unused `to_elem`).
     const fn wgsl(self) -> &'static str {
         match self {
-            Storage::F32 => "f32",
+            Storage::F32 | Storage::Bf16 => "f32",
             Storage::F16 => "f16",
         }
     }
@@ -67,11 +79,13 @@ pub struct Variant {
 }
 
 impl Variant {
-    pub const ALL: [Variant; 4] = [
+    pub const ALL: [Variant; 6] = [
         Variant::new(Storage::F32, false),
         Variant::new(Storage::F16, false),
+        Variant::new(Storage::Bf16, false),
         Variant::new(Storage::F32, true),
         Variant::new(Storage::F16, true),
+        Variant::new(Storage::Bf16, true),
     ];
 
     pub const fn new(storage: Storage, subgroups: bool) -> Self {
@@ -84,7 +98,7 @@ impl Variant {
     fn prelude(self) -> String {
         let enable = match self.storage {
             Storage::F16 => "enable f16;\n",
-            Storage::F32 => "",
+            Storage::F32 | Storage::Bf16 => "",
         };
         format!("{enable}alias elem = {};\n", self.storage.wgsl())
     }
@@ -118,6 +132,7 @@ impl fmt::Display for Storage {
         f.write_str(match self {
             Storage::F32 => "f32 storage",
             Storage::F16 => "f16 storage",
+            Storage::Bf16 => "packed bf16 storage",
         })
     }
 }
@@ -173,7 +188,8 @@ impl Shader {
     }
 
     /// The full source handed to the device for variant `v` (see [`Shader::variant`]): the
-    /// prelude, `common.wgsl`, the shared files, the op's file.
+    /// prelude, `common.wgsl`, the shared files, the op's file (its tensor bindings retyped
+    /// for packed bf16), the tensor accessors.
     pub fn source(self, v: Variant) -> String {
         let v = self.variant(v);
         let mut src = v.prelude();
@@ -183,9 +199,113 @@ impl Shader {
             src.push_str(part);
         }
         src.push('\n');
-        src.push_str(self.body());
+        let tensors = tensor_bindings(self.body());
+        if v.storage == Storage::Bf16 {
+            let mut body = self.body().to_string();
+            for t in &tensors {
+                let word = if t.written {
+                    "array<atomic<u32>>"
+                } else {
+                    "array<u32>"
+                };
+                body = body.replace(
+                    &t.declaration(),
+                    &t.declaration().replace("array<elem>", word),
+                );
+            }
+            src.push_str(&body);
+        } else {
+            src.push_str(self.body());
+        }
+        src.push_str(&accessors(&tensors, v.storage));
         src
     }
+
+    /// The names of the op's tensor bindings (`array<elem>`), in declaration order.
+    pub fn tensors(self) -> Vec<&'static str> {
+        tensor_bindings(self.body())
+            .into_iter()
+            .map(|t| t.name)
+            .collect()
+    }
+}
+
+/// A tensor binding of an op file: `var<storage, read> NAME: array<elem>;` (or `read_write`).
+struct TensorBinding {
+    name: &'static str,
+    written: bool,
+}
+
+impl TensorBinding {
+    /// The declaration as written in the op file (without its `@group @binding` attributes).
+    fn declaration(&self) -> String {
+        let access = if self.written { "read_write" } else { "read" };
+        format!("var<storage, {access}> {}: array<elem>;", self.name)
+    }
+}
+
+/// The tensor bindings declared in `body`.
+fn tensor_bindings(body: &'static str) -> Vec<TensorBinding> {
+    body.lines()
+        .filter_map(|line| {
+            let decl = line.trim().strip_suffix(": array<elem>;")?;
+            let (access, name) = decl.split_once("var<storage, ")?.1.split_once("> ")?;
+            Some(TensorBinding {
+                name,
+                written: access == "read_write",
+            })
+        })
+        .collect()
+}
+
+/// The WGSL accessors of each tensor binding in `storage` (module-scope declarations may
+/// follow their use). `NAME_ld(i) -> f32`; for written tensors also `NAME_st(i, v)`,
+/// `NAME_st2(i, v0, v1)` (elements `i`, `i + 1`, `i` even, owned by this thread) and
+/// `NAME_stp(i, first, second, v0, v1)` (the pair at even `i`, of which the thread owns the
+/// elements flagged). Stores round to the op's element type first (`to_elem` / `bf16_bits`).
+fn accessors(tensors: &[TensorBinding], storage: Storage) -> String {
+    let mut out = String::from("\n// Tensor accessors, generated by src/shaders.rs.\n");
+    for t in tensors {
+        let n = t.name;
+        let text = match (storage, t.written) {
+            (Storage::F32 | Storage::F16, _) => {
+                format!("fn {n}_ld(i: u32) -> f32 {{ return f32({n}[i]); }}\n")
+            }
+            (Storage::Bf16, false) => {
+                format!("fn {n}_ld(i: u32) -> f32 {{ return bf16_half({n}[i >> 1u], i); }}\n")
+            }
+            (Storage::Bf16, true) => format!(
+                "fn {n}_ld(i: u32) -> f32 {{ return bf16_half(atomicLoad(&{n}[i >> 1u]), i); }}\n"
+            ),
+        };
+        out.push_str(&text);
+        if !t.written {
+            continue;
+        }
+        let stores = match storage {
+            Storage::F32 | Storage::F16 => format!(
+                "fn {n}_st(i: u32, v: f32) {{ {n}[i] = to_elem(v); }}\n\
+                 fn {n}_st2(i: u32, v0: f32, v1: f32) {{\n    \
+                     {n}[i] = to_elem(v0);\n    {n}[i + 1u] = to_elem(v1);\n}}\n"
+            ),
+            Storage::Bf16 => format!(
+                "fn {n}_st(i: u32, v: f32) {{\n    \
+                     let shift = (i & 1u) * 16u;\n    \
+                     atomicAnd(&{n}[i >> 1u], ~(0xffffu << shift));\n    \
+                     atomicOr(&{n}[i >> 1u], bf16_bits(v) << shift);\n}}\n\
+                 fn {n}_st2(i: u32, v0: f32, v1: f32) {{\n    \
+                     atomicStore(&{n}[i >> 1u], bf16_bits(v0) | (bf16_bits(v1) << 16u));\n}}\n"
+            ),
+        };
+        out.push_str(&stores);
+        out.push_str(&format!(
+            "fn {n}_stp(i: u32, first: bool, second: bool, v0: f32, v1: f32) {{\n    \
+                 if (first && second) {{\n        {n}_st2(i, v0, v1);\n    \
+                 }} else if (first) {{\n        {n}_st(i, v0);\n    \
+                 }} else if (second) {{\n        {n}_st(i + 1u, v1);\n    }}\n}}\n"
+        ));
+    }
+    out
 }
 
 impl fmt::Display for Shader {

@@ -66,7 +66,7 @@ fn f16_storage_is_native_where_the_adapter_has_shader_f16() {
     .collect();
     for (b, storage) in [(&native, want), (&fallback, Storage::F32)] {
         assert_eq!(b.storage(DType::F16), storage);
-        assert_eq!(b.storage(DType::BF16), Storage::F32);
+        assert_eq!(b.storage(DType::BF16), Storage::Bf16);
         let d = b.upload(&h).unwrap();
         assert_eq!(d.storage(), storage);
         assert_eq!(b.alloc::<f16>(3).unwrap().storage(), storage);
@@ -76,6 +76,97 @@ fn f16_storage_is_native_where_the_adapter_has_shader_f16() {
             assert!(
                 x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
                 "{storage}: {x:?} came back {y:?}"
+            );
+        }
+    }
+}
+
+/// bf16 tensors are packed two per 32-bit word on every adapter (half the bytes of f32), and
+/// round-trip every bf16 bit pattern class exactly, odd lengths included.
+#[test]
+fn bf16_tensors_are_packed_two_per_word() {
+    use flashneck_wgpu::Storage;
+    let specials: Vec<bf16> = [
+        0.0f32,
+        -0.0,
+        1.0,
+        -2.5,
+        3.3e38,
+        1e-40,
+        -9.2e-41,
+        f32::INFINITY,
+    ]
+    .iter()
+    .map(|&x| bf16::from_f32(x))
+    .chain([
+        bf16::NAN,
+        bf16::NEG_INFINITY,
+        bf16::from_bits(0x7f81),
+        bf16::from_bits(0xffc1),
+    ])
+    .collect();
+    let (mut rng, seed) = fresh_rng();
+    for b in [backend(), common::backend_baseline()] {
+        assert_eq!(b.storage(DType::BF16), Storage::Bf16);
+        for n in [1usize, 2, specials.len(), 1001] {
+            let h: Vec<bf16> = (0..n)
+                .map(|i| match specials.get(i) {
+                    Some(&v) => v,
+                    None => bf16::from_bits(rng.r#gen()),
+                })
+                .collect();
+            let d = b.upload(&h).unwrap();
+            assert_eq!(d.storage(), Storage::Bf16);
+            assert_eq!(d.raw().size(), (n as u64).div_ceil(2) * 4, "{n} elements");
+            let back = b.download(&d).unwrap();
+            let bits = |v: &[bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&back), bits(&h), "{n} elements (seed {seed})");
+        }
+        assert_eq!(b.alloc::<bf16>(3).unwrap().raw().size(), 8);
+    }
+}
+
+/// Packed bf16 stores round to nearest even (ties included), keep NaN, and overflow to ±inf,
+/// both for a thread's pair of elements and for the lone last one of an odd length:
+/// y = c·x through GR-KAN with P = c·x, Q = 1, c = 1 + 2⁻⁸ (so c·x of a power of two is a tie).
+#[test]
+fn bf16_stores_round_to_nearest_even_and_keep_nan() {
+    let (mut rng, seed) = fresh_rng();
+    let c = 1.0f32 + 2f32.powi(-8);
+    let mut x: Vec<bf16> = (0..301)
+        .map(|_| bf16::from_f32((rng.r#gen::<f32>() - 0.5) * 8.0))
+        .collect();
+    x.extend(
+        // Ties (powers of two), a round-up, large, overflowing (c · -3.39e38 rounds to -inf),
+        // signed zeros.
+        [1.0f32, -4.0, 0.5, 1.0078125, 3.3e38, -3.39e38, 0.0, -0.0]
+            .iter()
+            .map(|&v| bf16::from_f32(v)),
+    );
+    x.push(bf16::NAN);
+    for n in [x.len(), x.len() - 1] {
+        let x = &x[..n];
+        let p = GrKanParams::new(n, 1, 1).with_degrees(1, 0);
+        let b = backend();
+        let mut y = nan_buffer::<_, bf16>(&b, n);
+        b.grkan_forward(
+            &p,
+            &b.upload(x).unwrap(),
+            &b.upload(&[0.0f32, c]).unwrap(),
+            &b.upload::<f32>(&[]).unwrap(),
+            &mut y,
+        )
+        .unwrap();
+        let y = b.download(&y).unwrap();
+        let ties = x
+            .iter()
+            .filter(|v| v.to_f32() != 0.0 && v.to_f32().log2().fract() == 0.0);
+        assert!(ties.count() >= 2);
+        for (xi, yi) in x.iter().zip(&y) {
+            let want = bf16::from_f32(c * xi.to_f32() + 0.0);
+            assert!(
+                want.to_bits() == yi.to_bits() || (want.is_nan() && yi.is_nan()),
+                "{n} elements: {c} * {xi:?} gave {yi:?}, want {want:?} (seed {seed})"
             );
         }
     }
@@ -505,9 +596,12 @@ fn gumbel_case<T: Element>(p: GumbelParams, rng: &mut impl Rng, seed: u64) {
 
 /// (rows, K, tau): short rows (K <= 64, one thread per row) and long rows (a workgroup each),
 /// on both sides of the switch.
-const SHAPES: [(usize, usize, f32); 6] = [
+/// Odd K puts row boundaries mid-word in packed bf16: (9, 7) has threads of one workgroup
+/// sharing words, (4, 65) and (33, 257) workgroups.
+const SHAPES: [(usize, usize, f32); 7] = [
     (1, 1, 1.0),
     (70, 10, 0.5),
+    (9, 7, 0.8),
     (5, 64, 0.7),
     (4, 65, 1.3),
     (33, 257, 1.0),
@@ -595,9 +689,12 @@ fn dense_attention_matches_oracle_f32() {
 #[test]
 fn dense_attention_matches_oracle_halves() {
     let (_, seed) = fresh_rng();
-    let p = attention_shapes()[1];
-    attention_case::<f16>(p, None, seed);
-    attention_case::<bf16>(p, None, seed);
+    // Dv = 72 and D = 40; D = Dv = 3 (odd: rows of O, dQ, dK, dV start mid-word in packed
+    // bf16, written by different threads).
+    for p in [attention_shapes()[1], attention_shapes()[3]] {
+        attention_case::<f16>(p, None, seed);
+        attention_case::<bf16>(p, None, seed);
+    }
 }
 
 /// A random layout: each (b, h, qb) keeps each key block with probability 1/2.

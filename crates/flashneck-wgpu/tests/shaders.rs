@@ -97,6 +97,61 @@ fn f16_storage_declares_f16_tensors() {
 }
 
 #[test]
+fn packed_bf16_storage_declares_word_tensors() {
+    // In packed bf16 exactly the op's tensors are words: `array<u32>` read, `array<atomic<u32>>`
+    // written (lone-element stores are atomic read-modify-writes of the shared word); the
+    // op files declare them `array<elem>` and touch them only through the generated accessors.
+    for s in Shader::ALL {
+        let m = validate(s, Variant::new(Storage::Bf16, false)).unwrap();
+        let words = |atomic: bool| {
+            let mut names: Vec<&str> = m
+                .global_variables
+                .iter()
+                .filter(|(_, g)| matches!(g.space, naga::AddressSpace::Storage { .. }))
+                .filter(|(_, g)| match m.types[g.ty].inner {
+                    naga::TypeInner::Array { base, .. } => match m.types[base].inner {
+                        naga::TypeInner::Atomic(sc) => atomic && sc == naga::Scalar::U32,
+                        naga::TypeInner::Scalar(sc) => !atomic && sc == naga::Scalar::U32,
+                        _ => false,
+                    },
+                    _ => false,
+                })
+                .filter_map(|(_, g)| g.name.as_deref())
+                .collect();
+            names.sort();
+            names
+        };
+        let written = words(true);
+        let (want_written, _): (Vec<&str>, Vec<&str>) = s
+            .tensors()
+            .into_iter()
+            .partition(|t| ["out", "o_out", "dq", "dk", "dv"].contains(t));
+        let mut want_written = want_written;
+        want_written.sort();
+        assert_eq!(written, want_written, "{s}.wgsl");
+        for t in s.tensors() {
+            assert!(
+                written.contains(&t) || words(false).contains(&t),
+                "{s}.wgsl: tensor {t} is not a word array"
+            );
+        }
+        // No op file indexes a tensor binding directly (only the accessors do).
+        let src = s.source(Variant::new(Storage::Bf16, false));
+        let body = &src[..src.find("// Tensor accessors").unwrap()];
+        for t in s.tensors() {
+            assert!(
+                !body.contains(&format!(" {t}[")),
+                "{s}.wgsl indexes {t} directly"
+            );
+            assert!(
+                !body.contains(&format!("({t}[")),
+                "{s}.wgsl indexes {t} directly"
+            );
+        }
+    }
+}
+
+#[test]
 fn every_shader_fits_the_webgpu_default_workgroup_memory() {
     for v in Variant::ALL {
         for s in Shader::ALL {
