@@ -3,7 +3,9 @@
 // Forward and backward give one workgroup to each row: threads stride over the row's K
 // elements, and the row max, sum and argmax are reduced in workgroup memory. Rows of at most
 // 64 elements take the `_rows` entry points instead: one thread per row. The noise of flat
-// element n depends only on (seed, offset, n), so any thread may draw any element's noise.
+// element n depends only on (seed, offset, n), so any thread may draw any element's noise; the
+// unit of drawing is the quad, flat elements 4c .. 4c + 3, which share one Philox call (so a
+// thread walks the quads overlapping its row and skips the lanes of the rows around it).
 // Flat indices fit in 32 bits: a storage binding holds fewer than 2^32 bytes (host-checked).
 
 struct Params {
@@ -87,11 +89,15 @@ fn neg_log1p_neg(t: f32) -> f32 {
     return 2.0 * z * s;
 }
 
-// Gumbel noise of flat element n (SPEC §4): lane n % 4 of the Philox call for counter n / 4.
-fn gumbel_noise_at(n: u32) -> f32 {
-    let w = philox4x32_10(vec4<u32>(n >> 2u, 0u, p.offset_lo, p.offset_hi),
-                          vec2<u32>(p.seed_lo, p.seed_hi));
-    let x = w[n & 3u];
+// The four Philox words of quad c (SPEC §4): flat elements 4c .. 4c + 3 take lanes 0 .. 3 of
+// the call for counter c, so the kernels draw a quad's words once and use all four.
+fn quad_words(c: u32) -> vec4<u32> {
+    return philox4x32_10(vec4<u32>(c, 0u, p.offset_lo, p.offset_hi),
+                         vec2<u32>(p.seed_lo, p.seed_hi));
+}
+
+// Gumbel noise from one Philox word (SPEC §4).
+fn noise_from_word(x: u32) -> f32 {
     let u = (f32(x >> 9u) + 0.5) * (1.0 / 8388608.0);
     let e = neg_log1p_neg(1.0 - u);
     return -log(e);
@@ -119,17 +125,31 @@ fn reduce_argmax(lid: u32, v: f32, i: u32) -> u32 {
 }
 
 // The row passes, over the row's elements k0, k0 + stride, ... < K of the row at flat `base`
-// (the passes that write `out`: over its pairs, below): the workgroup entry points stride by WG
-// from their thread, the `_rows` ones walk the whole row (k0 = 0, stride = 1). Each returns
-// this thread's part of what the next step reduces.
+// (the noise pass: over its quads; the passes that write `out`: over its pairs, below): the
+// workgroup entry points stride by WG from their thread, the `_rows` ones walk the whole row
+// (k0 = 0, stride = 1). Each returns this thread's part of what the next step reduces.
 
-// Forward pass 1: s = logits + g, kept in `y_soft` (f32) until the last pass; the max.
-fn perturb(base: u32, k0: u32, stride: u32) -> f32 {
+// The number of quads that overlap the row at `base` (the first is quad base / 4).
+fn row_quads(base: u32) -> u32 {
+    return (base + p.classes + 3u) / 4u - base / 4u;
+}
+
+// Forward pass 1, by quads (one Philox call each; lanes outside the row are the neighbouring
+// rows'): s = logits + g, kept in `y_soft` (f32) until the last pass; the max.
+fn perturb(base: u32, j0: u32, stride: u32) -> f32 {
     var m = -3.4028235e38;
-    for (var k = k0; k < p.classes; k += stride) {
-        let s = logits_ld(base + k) + gumbel_noise_at(base + k);
-        y_soft[base + k] = s;
-        m = max(m, s);
+    let end = base + p.classes;
+    for (var j = j0; j < row_quads(base); j += stride) {
+        let c = base / 4u + j;
+        let w = quad_words(c);
+        for (var lane = 0u; lane < 4u; lane++) {
+            let e = 4u * c + lane;
+            if (e >= base && e < end) {
+                let s = logits_ld(e) + noise_from_word(w[lane]);
+                y_soft[e] = s;
+                m = max(m, s);
+            }
+        }
     }
     return m;
 }
@@ -298,12 +318,20 @@ fn gumbel_backward_rows(@builtin(workgroup_id) wg: vec3<u32>,
     write_dlogits(base, 0u, 1u, dot_y_soft_dy(base, 0u, 1u));
 }
 
+// One thread per quad.
 @compute @workgroup_size(64)
 fn gumbel_noise(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let n = flat_workgroup(wg, nwg) * WG + lid;
-    if (n < p.elements) {
-        out_st(n, gumbel_noise_at(n));
+    let c = flat_workgroup(wg, nwg) * WG + lid;
+    if (4u * c >= p.elements) {
+        return;
+    }
+    let w = quad_words(c);
+    for (var lane = 0u; lane < 4u; lane++) {
+        let n = 4u * c + lane;
+        if (n < p.elements) {
+            out_st(n, noise_from_word(w[lane]));
+        }
     }
 }
 

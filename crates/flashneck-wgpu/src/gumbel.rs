@@ -147,7 +147,8 @@ pub(crate) fn noise(
         dtype: DType::F32,
         params: bytemuck::bytes_of(&prm),
         binds: &[(2, Bind::Write(out.raw()))],
-        workgroups: (n as u64).div_ceil(WG),
+        // One thread per quad (one Philox call, four elements).
+        workgroups: (n as u64).div_ceil(4).div_ceil(WG),
     }])
 }
 
