@@ -38,16 +38,17 @@ const WG: u32 = 64u;
 // reduce_argmax, a workgroup tree in both variants, also needs indices.
 var<workgroup> red_idx: array<u32, WG>;
 
-// The high half of the 64-bit product a · b, from 16-bit limbs (WGSL has no 64-bit integers).
+// The high half of the 64-bit product a · b, from 16-bit limbs (WGSL has no 64-bit integers
+// and no mulhi): Hacker's Delight's mulhu, whose partial sums never overflow 32 bits. The
+// Philox rounds call it with constant a, so its limbs fold away.
 fn mul_hi(a: u32, b: u32) -> u32 {
     let al = a & 0xffffu;
     let ah = a >> 16u;
     let bl = b & 0xffffu;
     let bh = b >> 16u;
-    let lh = al * bh;
-    let hl = ah * bl;
-    let mid = ((al * bl) >> 16u) + (lh & 0xffffu) + (hl & 0xffffu);
-    return ah * bh + (lh >> 16u) + (hl >> 16u) + (mid >> 16u);
+    let t = ah * bl + ((al * bl) >> 16u);
+    let u = al * bh + (t & 0xffffu);
+    return ah * bh + (t >> 16u) + (u >> 16u);
 }
 
 // Philox4x32 with 10 rounds (Random123): multipliers 0xD2511F53, 0xCD9E8D57; key bumps
