@@ -1,11 +1,17 @@
 // Gumbel-Softmax (SPEC §4) with counter-based Philox4x32-10 noise.
 //
-// Forward and backward give one workgroup to each row: threads stride over the row's K
-// elements, and the row max, sum and argmax are reduced in workgroup memory. Rows of at most
-// 64 elements take the `_rows` entry points instead: one thread per row. The noise of flat
-// element n depends only on (seed, offset, n), so any thread may draw any element's noise; the
-// unit of drawing is the quad, flat elements 4c .. 4c + 3, which share one Philox call (so a
-// thread walks the quads overlapping its row and skips the lanes of the rows around it).
+// Forward and backward give one workgroup to each row, and the row max, sum and argmax are
+// reduced in workgroup memory. Rows of at most 64 elements take the `_rows` entry points
+// instead: one thread per row.
+//
+// Work unit: the quad, flat elements 4c .. 4c + 3, which share one Philox call (SPEC §4: the
+// noise of flat element n is lane n % 4 of the call for counter n / 4). A thread walks the
+// quads that overlap its row (quad j0, j0 + stride, ...; lanes of the rows around it are
+// skipped), draws each quad's words once, and keeps its first CACHE quads in registers; only
+// the rest of a long row goes through an f32 row in memory (binding 3). With 64 threads that is
+// rows of up to 1021 classes at any alignment: logits read once, the noise drawn once, y (and
+// y_soft if asked for) written once. Stores go by pairs of elements (a quad is two words of
+// packed bf16), so only pairs cut by a row boundary need the atomic lone-element store.
 // Flat indices fit in 32 bits: a storage binding holds fewer than 2^32 bytes (host-checked).
 
 struct Params {
@@ -18,16 +24,22 @@ struct Params {
     hard: u32,       // 1: y is the one-hot argmax
     inv_tau: f32,
     elements: u32,   // gumbel_noise: elements to draw
+    write_soft: u32, // forward: 1 if the caller wants y_soft in binding 3
 }
 
 const WG: u32 = 64u;
+// Quads of its row a thread keeps in registers (the host's `CACHED_QUADS`).
+const CACHE: u32 = 4u;
+// Below every finite value: the max of no elements, and the lanes of a quad outside the row.
+const LOWEST: f32 = -3.4028235e38;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> logits: array<elem>;
 // Forward: y. Backward: dlogits. Noise: g (an f32 pipeline, so elem = f32).
 @group(0) @binding(2) var<storage, read_write> out: array<elem>;
-// Forward: y_soft, and the f32 work row of the passes before it (the host binds a scratch
-// buffer when the caller wants no y_soft), so that `out` is only written once, rounded.
+// Forward: y_soft (when p.write_soft), and the f32 row of the quads past each thread's CACHE
+// before that (the host binds a scratch buffer when the caller wants no y_soft and the rows are
+// longer than the registers hold; a one-word one when nothing is stored here).
 @group(0) @binding(3) var<storage, read_write> y_soft: array<f32>;
 @group(0) @binding(4) var<storage, read> y_soft_in: array<f32>;
 @group(0) @binding(5) var<storage, read> dy: array<elem>;
@@ -125,139 +137,238 @@ fn reduce_argmax(lid: u32, v: f32, i: u32) -> u32 {
     return r;
 }
 
-// The row passes, over the row's elements k0, k0 + stride, ... < K of the row at flat `base`
-// (the noise pass: over its quads; the passes that write `out`: over its pairs, below): the
-// workgroup entry points stride by WG from their thread, the `_rows` ones walk the whole row
-// (k0 = 0, stride = 1). Each returns this thread's part of what the next step reduces.
+// ---------------------------------------------------------------- row passes
 
 // The number of quads that overlap the row at `base` (the first is quad base / 4).
 fn row_quads(base: u32) -> u32 {
     return (base + p.classes + 3u) / 4u - base / 4u;
 }
 
-// Forward pass 1, by quads (one Philox call each; lanes outside the row are the neighbouring
-// rows'): s = logits + g, kept in `y_soft` (f32) until the last pass; the max.
-fn perturb(base: u32, j0: u32, stride: u32) -> f32 {
-    var m = -3.4028235e38;
-    let end = base + p.classes;
-    for (var j = j0; j < row_quads(base); j += stride) {
-        let c = base / 4u + j;
-        let w = quad_words(c);
-        for (var lane = 0u; lane < 4u; lane++) {
-            let e = 4u * c + lane;
-            if (e >= base && e < end) {
-                let s = logits_ld(e) + noise_from_word(w[lane]);
-                y_soft[e] = s;
-                m = max(m, s);
-            }
-        }
-    }
-    return m;
+// Whether flat element e belongs to the row at `base`.
+fn in_row(e: u32, base: u32) -> bool {
+    return e >= base && e < base + p.classes;
 }
 
-// Forward pass 2: e = exp((s − max) / tau) (the max is subtracted first, as on the CPU); Σ e.
-fn exponentiate(base: u32, k0: u32, stride: u32, m: f32) -> f32 {
+// s = logits + g of quad c's elements in the row at `base` (LOWEST in the other lanes).
+fn perturb_quad(c: u32, base: u32) -> vec4<f32> {
+    let w = quad_words(c);
+    var s = vec4<f32>(LOWEST);
+    for (var lane = 0u; lane < 4u; lane++) {
+        let e = 4u * c + lane;
+        if (in_row(e, base)) {
+            s[lane] = logits_ld(e) + noise_from_word(w[lane]);
+        }
+    }
+    return s;
+}
+
+// Quad c's values in the f32 row of binding 3 (LOWEST outside the row).
+fn row_quad(c: u32, base: u32) -> vec4<f32> {
+    var s = vec4<f32>(LOWEST);
+    for (var lane = 0u; lane < 4u; lane++) {
+        let e = 4u * c + lane;
+        if (in_row(e, base)) {
+            s[lane] = y_soft[e];
+        }
+    }
+    return s;
+}
+
+fn max4(s: vec4<f32>) -> f32 {
+    return max(max(s.x, s.y), max(s.z, s.w));
+}
+
+// Σ exp((s − max) / tau) over quad c's elements in the row (the max subtracted first, as on
+// the CPU).
+fn exp_sum_quad(s: vec4<f32>, c: u32, base: u32, m: f32) -> f32 {
     var sum = 0.0;
-    for (var k = k0; k < p.classes; k += stride) {
-        let e = exp((y_soft[base + k] - m) * p.inv_tau);
-        y_soft[base + k] = e;
-        sum += e;
+    for (var lane = 0u; lane < 4u; lane++) {
+        if (in_row(4u * c + lane, base)) {
+            sum += exp((s[lane] - m) * p.inv_tau);
+        }
     }
     return sum;
 }
 
-// The passes that write `out` walk the row by pairs of elements at even flat indices (one word
-// of packed bf16): pair j of the row at `base` starts at flat index `e`; `first` and `second`
-// say which of its two elements are in the row (the others belong to the rows around it, which
-// other threads write: `out_stp` stores only this row's).
-struct Pair {
-    e: u32,
-    first: bool,
-    second: bool,
-}
-
-fn row_pairs(base: u32) -> u32 {
-    return ((base + p.classes + 1u) >> 1u) - (base >> 1u);
-}
-
-fn row_pair(base: u32, j: u32) -> Pair {
-    let e = (base & ~1u) + 2u * j;
-    return Pair(e, e >= base, e + 1u < base + p.classes);
-}
-
-// The largest normalised value seen and its index (0xffffffff when none).
+// The largest normalised value seen and its index in the row (0xffffffff when none).
 struct Best {
     value: f32,
     index: u32,
 }
 
-// Forward pass 3 at flat element e: normalise (y_soft), track the argmax for the hard sample.
-fn normalise_at(e: u32, base: u32, inv_sum: f32, best: ptr<function, Best>) -> f32 {
-    let ys = y_soft[e] * inv_sum;
-    y_soft[e] = ys;
-    if (ys > (*best).value) {
-        *best = Best(ys, e - base);
-    }
-    return ys;
+// The row's softmax: its max and 1 / Σ exp((s − max) / tau).
+struct Softmax {
+    m: f32,
+    inv_sum: f32,
 }
 
-// Forward pass 3: normalise (y_soft, and y rounded), each thread in increasing index order.
-fn normalise(base: u32, k0: u32, stride: u32, inv_sum: f32) -> Best {
+// Store quad c's values of the row at `base` as two pairs of `out`.
+fn store_quad(c: u32, base: u32, y: vec4<f32>) {
+    let e = 4u * c;
+    out_stp(e, in_row(e, base), in_row(e + 1u, base), y.x, y.y);
+    out_stp(e + 2u, in_row(e + 2u, base), in_row(e + 3u, base), y.z, y.w);
+}
+
+// y_soft = exp((s − max) / tau) / sum for quad c's elements in the row: stored (rounded) in
+// `out`, in y_soft when asked for; the argmax tracked in `best` (elements in increasing order).
+fn normalise_quad(s: vec4<f32>, c: u32, base: u32, sm: Softmax, best: ptr<function, Best>) {
+    var y = vec4<f32>(0.0);
+    for (var lane = 0u; lane < 4u; lane++) {
+        let e = 4u * c + lane;
+        if (in_row(e, base)) {
+            let ys = exp((s[lane] - sm.m) * p.inv_tau) * sm.inv_sum;
+            y[lane] = ys;
+            if (p.write_soft == 1u) {
+                y_soft[e] = ys;
+            }
+            if (ys > (*best).value) {
+                *best = Best(ys, e - base);
+            }
+        }
+    }
+    store_quad(c, base, y);
+}
+
+// Forward pass 1: s = logits + g for this thread's quads (the first CACHE into `cache`, the
+// rest into the f32 row); this thread's max.
+fn perturb(base: u32, j0: u32, stride: u32, cache: ptr<function, array<vec4<f32>, CACHE>>) -> f32 {
+    let nq = row_quads(base);
+    var m = LOWEST;
+    for (var i = 0u; i < CACHE; i++) {
+        let j = j0 + i * stride;
+        if (j < nq) {
+            (*cache)[i] = perturb_quad(base / 4u + j, base);
+            m = max(m, max4((*cache)[i]));
+        }
+    }
+    for (var j = j0 + CACHE * stride; j < nq; j += stride) {
+        let c = base / 4u + j;
+        let s = perturb_quad(c, base);
+        for (var lane = 0u; lane < 4u; lane++) {
+            if (in_row(4u * c + lane, base)) {
+                y_soft[4u * c + lane] = s[lane];
+            }
+        }
+        m = max(m, max4(s));
+    }
+    return m;
+}
+
+// Forward pass 2: this thread's part of Σ exp((s − max) / tau).
+fn exp_sum(base: u32, j0: u32, stride: u32, m: f32,
+           cache: ptr<function, array<vec4<f32>, CACHE>>) -> f32 {
+    let nq = row_quads(base);
+    var sum = 0.0;
+    for (var i = 0u; i < CACHE; i++) {
+        let j = j0 + i * stride;
+        if (j < nq) {
+            sum += exp_sum_quad((*cache)[i], base / 4u + j, base, m);
+        }
+    }
+    for (var j = j0 + CACHE * stride; j < nq; j += stride) {
+        let c = base / 4u + j;
+        sum += exp_sum_quad(row_quad(c, base), c, base, m);
+    }
+    return sum;
+}
+
+// Forward pass 3: normalise, store y (and y_soft); this thread's argmax for the hard sample.
+fn normalise(base: u32, j0: u32, stride: u32, sm: Softmax,
+             cache: ptr<function, array<vec4<f32>, CACHE>>) -> Best {
+    let nq = row_quads(base);
     var best = Best(-1.0, 0xffffffffu);
-    for (var j = k0; j < row_pairs(base); j += stride) {
-        let q = row_pair(base, j);
-        var y0 = 0.0;
-        var y1 = 0.0;
-        if (q.first) {
-            y0 = normalise_at(q.e, base, inv_sum, &best);
+    for (var i = 0u; i < CACHE; i++) {
+        let j = j0 + i * stride;
+        if (j < nq) {
+            normalise_quad((*cache)[i], base / 4u + j, base, sm, &best);
         }
-        if (q.second) {
-            y1 = normalise_at(q.e + 1u, base, inv_sum, &best);
-        }
-        out_stp(q.e, q.first, q.second, y0, y1);
+    }
+    for (var j = j0 + CACHE * stride; j < nq; j += stride) {
+        let c = base / 4u + j;
+        normalise_quad(row_quad(c, base), c, base, sm, &best);
     }
     return best;
 }
 
-// Hard forward: y = one_hot(arg).
-fn write_one_hot(base: u32, k0: u32, stride: u32, arg: u32) {
-    let hot = base + arg;
-    for (var j = k0; j < row_pairs(base); j += stride) {
-        let q = row_pair(base, j);
-        out_stp(q.e, q.first, q.second, select(0.0, 1.0, q.e == hot),
-                select(0.0, 1.0, q.e + 1u == hot));
+// Hard forward: y = one_hot(arg), by quads.
+fn write_one_hot(base: u32, j0: u32, stride: u32, arg: u32) {
+    let hot = vec4<u32>(base + arg);
+    for (var j = j0; j < row_quads(base); j += stride) {
+        let c = base / 4u + j;
+        let e = vec4<u32>(4u * c) + vec4<u32>(0u, 1u, 2u, 3u);
+        store_quad(c, base, select(vec4<f32>(0.0), vec4<f32>(1.0), e == hot));
     }
 }
 
-// Backward pass 1: Σ y_soft · dy.
-fn dot_y_soft_dy(base: u32, k0: u32, stride: u32) -> f32 {
+// Backward: quad c's y_soft and dy (0 outside the row).
+struct Grad {
+    ys: vec4<f32>,
+    dy: vec4<f32>,
+}
+
+fn grad_quad(c: u32, base: u32) -> Grad {
+    var g = Grad(vec4<f32>(0.0), vec4<f32>(0.0));
+    for (var lane = 0u; lane < 4u; lane++) {
+        let e = 4u * c + lane;
+        if (in_row(e, base)) {
+            g.ys[lane] = y_soft_in[e];
+            g.dy[lane] = dy_ld(e);
+        }
+    }
+    return g;
+}
+
+// Σ y_soft · dy over quad c's elements in the row.
+fn dot_quad(g: Grad, c: u32, base: u32) -> f32 {
     var dot = 0.0;
-    for (var k = k0; k < p.classes; k += stride) {
-        dot += y_soft_in[base + k] * dy_ld(base + k);
+    for (var lane = 0u; lane < 4u; lane++) {
+        if (in_row(4u * c + lane, base)) {
+            dot += g.ys[lane] * g.dy[lane];
+        }
     }
     return dot;
 }
 
-// Backward pass 2 at flat element e: dlogits = y_soft (dy − dot) / tau.
-fn dlogits_at(e: u32, dot: f32) -> f32 {
-    return p.inv_tau * y_soft_in[e] * (dy_ld(e) - dot);
+// dlogits = y_soft (dy − dot) / tau for quad c's elements in the row.
+fn dlogits_quad(g: Grad, c: u32, base: u32, dot: f32) {
+    store_quad(c, base, p.inv_tau * g.ys * (g.dy - vec4<f32>(dot)));
 }
 
-// Backward pass 2, by pairs.
-fn write_dlogits(base: u32, k0: u32, stride: u32, dot: f32) {
-    for (var j = k0; j < row_pairs(base); j += stride) {
-        let q = row_pair(base, j);
-        var d0 = 0.0;
-        var d1 = 0.0;
-        if (q.first) {
-            d0 = dlogits_at(q.e, dot);
+// Backward pass 1: this thread's part of Σ y_soft · dy (its first CACHE quads kept).
+fn dot_y_soft_dy(base: u32, j0: u32, stride: u32, cache: ptr<function, array<Grad, CACHE>>) -> f32 {
+    let nq = row_quads(base);
+    var dot = 0.0;
+    for (var i = 0u; i < CACHE; i++) {
+        let j = j0 + i * stride;
+        if (j < nq) {
+            (*cache)[i] = grad_quad(base / 4u + j, base);
+            dot += dot_quad((*cache)[i], base / 4u + j, base);
         }
-        if (q.second) {
-            d1 = dlogits_at(q.e + 1u, dot);
+    }
+    for (var j = j0 + CACHE * stride; j < nq; j += stride) {
+        let c = base / 4u + j;
+        dot += dot_quad(grad_quad(c, base), c, base);
+    }
+    return dot;
+}
+
+// Backward pass 2: dlogits = y_soft (dy − dot) / tau.
+fn write_dlogits(base: u32, j0: u32, stride: u32, dot: f32,
+                 cache: ptr<function, array<Grad, CACHE>>) {
+    let nq = row_quads(base);
+    for (var i = 0u; i < CACHE; i++) {
+        let j = j0 + i * stride;
+        if (j < nq) {
+            dlogits_quad((*cache)[i], base / 4u + j, base, dot);
         }
-        out_stp(q.e, q.first, q.second, d0, d1);
+    }
+    for (var j = j0 + CACHE * stride; j < nq; j += stride) {
+        let c = base / 4u + j;
+        dlogits_quad(grad_quad(c, base), c, base, dot);
     }
 }
+
+// ---------------------------------------------------------------- entry points
 
 @compute @workgroup_size(64)
 fn gumbel_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -268,9 +379,10 @@ fn gumbel_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
         return;
     }
     let base = row * p.classes;
-    let m = reduce_max(lane, perturb(base, lid, WG));
-    let inv_sum = 1.0 / reduce_sum(lane, exponentiate(base, lid, WG, m));
-    let best = normalise(base, lid, WG, inv_sum);
+    var cache: array<vec4<f32>, CACHE>;
+    let m = reduce_max(lane, perturb(base, lid, WG, &cache));
+    let sum = reduce_sum(lane, exp_sum(base, lid, WG, m, &cache));
+    let best = normalise(base, lid, WG, Softmax(m, 1.0 / sum), &cache);
     if (p.hard == 1u) {
         write_one_hot(base, lid, WG, reduce_argmax(lid, best.value, best.index));
     }
@@ -285,7 +397,9 @@ fn gumbel_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
         return;
     }
     let base = row * p.classes;
-    write_dlogits(base, lid, WG, reduce_sum(lane, dot_y_soft_dy(base, lid, WG)));
+    var cache: array<Grad, CACHE>;
+    let dot = reduce_sum(lane, dot_y_soft_dy(base, lid, WG, &cache));
+    write_dlogits(base, lid, WG, dot, &cache);
 }
 
 // Short rows (K <= 64, host's choice): one thread per row, no workgroup reductions, so that
@@ -299,9 +413,10 @@ fn gumbel_forward_rows(@builtin(workgroup_id) wg: vec3<u32>,
         return;
     }
     let base = row * p.classes;
-    let m = perturb(base, 0u, 1u);
-    let inv_sum = 1.0 / exponentiate(base, 0u, 1u, m);
-    let best = normalise(base, 0u, 1u, inv_sum);
+    var cache: array<vec4<f32>, CACHE>;
+    let m = perturb(base, 0u, 1u, &cache);
+    let sum = exp_sum(base, 0u, 1u, m, &cache);
+    let best = normalise(base, 0u, 1u, Softmax(m, 1.0 / sum), &cache);
     if (p.hard == 1u) {
         write_one_hot(base, 0u, 1u, best.index);
     }
@@ -316,7 +431,8 @@ fn gumbel_backward_rows(@builtin(workgroup_id) wg: vec3<u32>,
         return;
     }
     let base = row * p.classes;
-    write_dlogits(base, 0u, 1u, dot_y_soft_dy(base, 0u, 1u));
+    var cache: array<Grad, CACHE>;
+    write_dlogits(base, 0u, 1u, dot_y_soft_dy(base, 0u, 1u, &cache), &cache);
 }
 
 // One thread per quad.

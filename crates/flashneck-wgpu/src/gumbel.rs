@@ -10,6 +10,8 @@ const WG: u64 = 64;
 /// Rows up to this many classes run one thread per row (`*_rows` entry points); longer rows
 /// get a workgroup each.
 const SHORT_ROW: usize = 64;
+/// Quads (4 elements) of its row each thread keeps in registers (`CACHE` in gumbel.wgsl).
+const CACHED_QUADS: usize = 4;
 
 /// The entry point and workgroup count for `rows` rows of `p.classes`.
 fn row_launch(
@@ -22,6 +24,19 @@ fn row_launch(
     } else {
         (per_row, p.rows as u64)
     }
+}
+
+/// Whether every row's quads fit in its threads' registers, whatever the row's alignment (a
+/// row of K classes overlaps at most (K + 2) / 4 + 1 quads), so that the forward stores nothing
+/// in binding 3 unless y_soft is asked for.
+fn rows_fit_in_registers(p: &GumbelParams) -> bool {
+    let threads = if p.classes <= SHORT_ROW {
+        1
+    } else {
+        WG as usize
+    };
+    let most_quads = (p.classes + 2) / 4 + 1;
+    most_quads <= threads * CACHED_QUADS
 }
 
 /// Must match `Params` in gumbel.wgsl.
@@ -37,6 +52,7 @@ struct Params {
     hard: u32,
     inv_tau: f32,
     elements: u32,
+    write_soft: u32,
 }
 
 impl Params {
@@ -77,14 +93,17 @@ pub(crate) fn forward<T>(
     y: &mut WgpuBuffer<T>,
     y_soft: Option<&mut WgpuBuffer<f32>>,
 ) -> Result<()> {
-    let prm = Params::of(p)?;
-    // Binding 3 (f32) holds the rows' intermediate values before y_soft, so that y, which may
-    // be stored as f16, is written once, rounded: without y_soft, a scratch buffer.
+    let mut prm = Params::of(p)?;
+    prm.write_soft = u32::from(y_soft.is_some());
+    // Binding 3 (f32) holds the values of the quads past each thread's registers before
+    // y_soft, so that y, which may be stored as f16, is written once, rounded. Without y_soft:
+    // a scratch row, or one word where the rows fit in registers (nothing is stored there).
     let scratch;
     let y_soft = match y_soft {
         Some(b) => b.raw(),
         None => {
-            scratch = be.alloc_scratch(p.len())?;
+            let len = if rows_fit_in_registers(p) { 1 } else { p.len() };
+            scratch = be.alloc_scratch(len)?;
             &scratch
         }
     };

@@ -595,10 +595,14 @@ fn gumbel_case<T: Element>(p: GumbelParams, rng: &mut impl Rng, seed: u64) {
 }
 
 /// (rows, K, tau): short rows (K <= 64, one thread per row) and long rows (a workgroup each),
-/// on both sides of the switch.
-/// Odd K puts row boundaries mid-word in packed bf16: (9, 7) has threads of one workgroup
-/// sharing words, (4, 65) and (33, 257) workgroups.
-const SHAPES: [(usize, usize, f32); 7] = [
+/// on both sides of the switch. Odd K puts row boundaries mid-word in packed bf16: (9, 7) has
+/// threads of one workgroup sharing words, (4, 65) and (33, 257) workgroups. Each thread keeps
+/// 4 quads of its row in registers: (70, 10), (9, 7) and (3, 1000) fit, (5, 64), (2, 2053)
+/// and (2, 1023) send the rest through the f32 row of binding 3 (a scratch buffer when y_soft
+/// is not asked for); the second row of (2, 1023) starts at offset 3 of a quad and overlaps
+/// 257 quads, one more than 64 threads hold.
+const SHAPES: [(usize, usize, f32); 9] = [
+    (2, 1023, 0.6),
     (1, 1, 1.0),
     (70, 10, 0.5),
     (9, 7, 0.8),
@@ -606,6 +610,7 @@ const SHAPES: [(usize, usize, f32); 7] = [
     (4, 65, 1.3),
     (33, 257, 1.0),
     (3, 1000, 2.0),
+    (2, 2053, 1.1),
 ];
 
 fn gumbel_shapes<T: Element>() {
