@@ -2,9 +2,9 @@
 # The GPU check of flashneck's CUDA backend (docs/cuda.md), run from the folder that
 # `cargo xtask gpu-bundle` writes. Needs a CUDA 13 driver, compute-sanitizer and python3 with
 # torch; no Rust. Writes JSON and logs under $OUT (default: ./out next to this script) and prints a
-# short table last. Every step has its own time limit: 90 + 30 + 40 + 60 + 60 + 150 + 60 = 490 s in
-# all (560 s with each step's 10 s kill grace), inside a 600 s device command; the benches pace
-# themselves (--time-budget) to end before their limits, so their reports are always written.
+# short table last. Every step has its own time limit: 90 + 30 + 40 + 60 + 60 + 130 + 30 + 50 =
+# 490 s in all (570 s with each step's 10 s kill grace), inside a 600 s device command; the benches
+# pace themselves (--time-budget) to end before their limits, so their reports are always written.
 set -u
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 OUT="${OUT:-$HERE/out}"
@@ -75,13 +75,14 @@ step racecheck 60 env FLASHNECK_REQUIRE_CUDA=1 FLASHNECK_CONFORMANCE=small compu
 # 3. The benches at the standard sizes (copy bandwidth, bf16 GEMM, the PyTorch peers, all in this
 #    run; --full does not fit the limit), CUDA first.
 if [ -x "$HERE/flashneck-bench" ]; then
-    step bench 150 "$HERE/flashneck-bench" --backend cuda --standard --time-budget 130 --out "$OUT/bench"
+    step bench 130 "$HERE/flashneck-bench" --backend cuda --standard --time-budget 112 --out "$OUT/bench"
 else
     printf 'bench\tmissing\t-\t0\n' >> "$STEPS"
 fi
 
-# 4. The wgpu backend on the same GPU through Vulkan, for issue 5's comparison with the CUDA
-#    kernels (GR-KAN, Gumbel-Softmax, attention forward): the bundle carries the Vulkan loader;
+# 4. The wgpu backend on the same GPU through Vulkan: its conformance suite and direct tests
+#    (which must find a GPU adapter, not a CPU driver), then issue 5's comparison with the CUDA
+#    kernels (GR-KAN, Gumbel-Softmax, attention forward). The bundle carries the Vulkan loader;
 #    NVIDIA's Vulkan driver comes with the container's driver libraries when it has them.
 ICD=""
 for f in /usr/share/vulkan/icd.d/nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.json \
@@ -97,15 +98,31 @@ if [ -z "$ICD" ]; then
             "$GLX" > "$ICD"
     fi
 fi
-if [ -n "$ICD" ] && [ -x "$HERE/flashneck-bench" ]; then
+# wgpu_tests: both wgpu test executables, the second only if the first passes.
+wgpu_tests() {
+    "$HERE/conformance_wgpu" --test-threads=4 && "$HERE/direct_wgpu" --test-threads=4
+}
+if [ -n "$ICD" ]; then
     echo "Vulkan driver manifest: $ICD" > "$OUT/vulkan.txt"
-    step bench-wgpu 60 env VK_ICD_FILENAMES="$ICD" \
-        LD_LIBRARY_PATH="$HERE/vulkan${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
-        "$HERE/flashneck-bench" --backend wgpu --standard --time-budget 45 \
-        --op grkan,gumbel_softmax_forward,attention_forward --out "$OUT/bench-wgpu"
+    export VK_ICD_FILENAMES="$ICD"
+    WGPU_LD="$HERE/vulkan${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    if [ -x "$HERE/conformance_wgpu" ] && [ -x "$HERE/direct_wgpu" ]; then
+        export -f wgpu_tests
+        export HERE
+        step wgpu-tests 30 env FLASHNECK_WGPU_REQUIRE_GPU=1 LD_LIBRARY_PATH="$WGPU_LD" \
+            bash -c wgpu_tests
+    else
+        printf 'wgpu-tests\tmissing\t-\t0\n' >> "$STEPS"
+    fi
+    if [ -x "$HERE/flashneck-bench" ]; then
+        step bench-wgpu 50 env LD_LIBRARY_PATH="$WGPU_LD" \
+            "$HERE/flashneck-bench" --backend wgpu --standard --time-budget 38 \
+            --op grkan,gumbel_softmax_forward,attention_forward --out "$OUT/bench-wgpu"
+    fi
 else
     echo "no NVIDIA Vulkan driver in this container (no ICD manifest, no libGLX_nvidia.so.0)" \
         > "$OUT/vulkan.txt"
+    printf 'wgpu-tests\tno-vulkan\t-\t0\n' >> "$STEPS"
     printf 'bench-wgpu\tno-vulkan\t-\t0\n' >> "$STEPS"
 fi
 

@@ -1,8 +1,8 @@
 //! `cargo xtask gpu-bundle`: the self-contained folder for the GPU check.
 //!
-//! Builds here (release, stripped) the CUDA conformance test executable, `flashneck-bench` and
-//! the model crate's training example, and writes them with `gpu/run.sh` and the Vulkan loader
-//! into `./gpu-bundle/` (git-ignored). On the GPU machine (no
+//! Builds here (release, stripped) the CUDA conformance test executable, the wgpu conformance
+//! and direct test executables, `flashneck-bench` and the model crate's training example, and
+//! writes them with `gpu/run.sh` and the Vulkan loader into `./gpu-bundle/` (git-ignored). On the GPU machine (no
 //! Rust; a CUDA 13 driver, compute-sanitizer, python3 with torch) `gpu-bundle/run.sh` runs the
 //! conformance with skipping refused, memcheck and racecheck over a small subset, and the
 //! benches, writing JSON under `$OUT` and printing a short table last (see docs/cuda.md).
@@ -86,6 +86,28 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "train",
     )?;
     install(&model, &out.join("model-train"))?;
+
+    // The wgpu backend's conformance suite and direct tests (packed bf16 stores, subgroup
+    // reductions, typed device errors), run on the GPU's Vulkan driver when the container has it.
+    for (test, name) in [
+        ("conformance", "conformance_wgpu"),
+        ("direct", "direct_wgpu"),
+    ] {
+        let exe = build_executable(
+            &root,
+            &[
+                "test",
+                "--release",
+                "-p",
+                "flashneck-wgpu",
+                "--test",
+                test,
+                "--no-run",
+            ],
+            test,
+        )?;
+        install(&exe, &out.join(name))?;
+    }
 
     // The Vulkan loader, so that the wgpu backend can run on the GPU machine beside CUDA (its
     // container has NVIDIA's Vulkan driver at best, rarely the loader); run.sh finds the ICD.

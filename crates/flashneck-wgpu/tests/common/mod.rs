@@ -6,7 +6,8 @@ use flashneck_wgpu::{Options, WgpuBackend};
 use std::sync::OnceLock;
 
 /// A backend with `options`. Fails the test when there is no adapter, and when the adapter is
-/// not Vulkan (a silent fallback must not pass CI).
+/// not Vulkan (a silent fallback must not pass CI); with `FLASHNECK_WGPU_REQUIRE_GPU=1` (the
+/// GPU check) also when it is not a GPU, so that a CPU driver cannot stand in for the GPU's.
 fn open(options: Options) -> WgpuBackend {
     let b = WgpuBackend::with_options(options).unwrap_or_else(|e| {
         panic!(
@@ -25,6 +26,17 @@ fn open(options: Options) -> WgpuBackend {
         "the adapter must be Vulkan, got {:?}",
         info.backend
     );
+    if std::env::var_os("FLASHNECK_WGPU_REQUIRE_GPU").is_some_and(|v| v == "1") {
+        assert!(
+            matches!(
+                info.device_type,
+                wgpu::DeviceType::DiscreteGpu | wgpu::DeviceType::IntegratedGpu
+            ),
+            "FLASHNECK_WGPU_REQUIRE_GPU=1: the adapter must be a GPU, got {} ({:?})",
+            info.name,
+            info.device_type
+        );
+    }
     b
 }
 
