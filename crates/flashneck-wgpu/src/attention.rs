@@ -217,6 +217,7 @@ pub(crate) fn forward<T>(
             shader: Shader::Attention,
             entry: "attention_forward",
             dtype,
+            overrides: &[],
             params: bytemuck::bytes_of(prm),
             binds: &binds,
             workgroups: s.batch as u64 * tiles(s.heads_q, s.len_q),
@@ -329,6 +330,7 @@ pub(crate) fn backward<T>(
             shader: Shader::Attention,
             entry,
             dtype,
+            overrides: &[],
             params: bytemuck::bytes_of(prm),
             binds,
             workgroups,
@@ -380,6 +382,7 @@ pub(crate) fn block_topk<T>(
             shader: Shader::Topk,
             entry: "topk_pool",
             dtype,
+            overrides: &[],
             params,
             binds: &[
                 (1, Bind::Read(q.raw())),
@@ -393,6 +396,7 @@ pub(crate) fn block_topk<T>(
             shader: Shader::Topk,
             entry: "topk_select",
             dtype,
+            overrides: &[],
             params,
             binds: &[
                 (3, Bind::Write(&q_means)),

@@ -2,9 +2,10 @@
 //!
 //! A launch names a shader, an entry point and the element type (the `DTYPE` override; with
 //! the device's features it also fixes the shader's [`Variant`]: the storage of the op's
-//! tensors and whether its reductions use subgroups), a parameter block (bound as a uniform at
-//! binding 0) and the storage buffers it binds. Pipelines and their bind group layouts are
-//! built on first use and cached for the backend's lifetime.
+//! tensors and whether its reductions use subgroups), any other pipeline-overridable constants
+//! the op specialises its kernels on (GR-KAN's degrees), a parameter block (bound as a uniform
+//! at binding 0) and the storage buffers it binds. Pipelines and their bind group layouts are
+//! built on first use and cached for the backend's lifetime, one per set of constants.
 //! Every batch of launches runs inside wgpu error scopes, so a validation or out-of-memory error
 //! comes back as [`Error::Device`] instead of wgpu's default panic.
 
@@ -38,6 +39,9 @@ pub(crate) struct Launch<'a> {
     pub shader: Shader,
     pub entry: &'static str,
     pub dtype: DType,
+    /// Values of the shader's `override` constants besides `DTYPE` (part of the pipeline's key:
+    /// the driver compiles each set as constants, so loops they bound have fixed trip counts).
+    pub overrides: &'a [(&'static str, u32)],
     /// The parameter block (a `#[repr(C)]` Pod struct matching the shader's `Params`).
     pub params: &'a [u8],
     /// Storage buffers by binding number (binding 0 is the parameter uniform).
@@ -51,8 +55,16 @@ pub(crate) struct Pipeline {
     layout: wgpu::BindGroupLayout,
 }
 
-/// Pipelines keyed by (shader, entry point, element type, shader variant).
-pub(crate) type PipelineCache = HashMap<(Shader, &'static str, DType, Variant), Arc<Pipeline>>;
+/// Pipelines keyed by (shader, entry point, element type, shader variant, overrides).
+pub(crate) type PipelineCache = HashMap<PipelineKey, Arc<Pipeline>>;
+
+type PipelineKey = (
+    Shader,
+    &'static str,
+    DType,
+    Variant,
+    Vec<(&'static str, u32)>,
+);
 
 /// An error and all its sources, one per line (wgpu's own message is often just the kind).
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -77,7 +89,7 @@ impl WgpuBackend {
     /// The cached pipeline for a launch, built (and its workgroup memory checked) on first use.
     fn pipeline(&self, l: &Launch<'_>) -> Result<Arc<Pipeline>> {
         let variant = self.variant(l.shader, l.dtype);
-        let key = (l.shader, l.entry, l.dtype, variant);
+        let key = (l.shader, l.entry, l.dtype, variant, l.overrides.to_vec());
         let mut cache = self
             .pipelines
             .lock()
@@ -143,7 +155,8 @@ impl WgpuBackend {
                 bind_group_layouts: &[Some(&layout)],
                 immediate_size: 0,
             });
-        let constants = [("DTYPE", dtype_code(l.dtype))];
+        let mut constants = vec![("DTYPE", dtype_code(l.dtype))];
+        constants.extend(l.overrides.iter().map(|&(name, v)| (name, f64::from(v))));
         let pipeline = self
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {

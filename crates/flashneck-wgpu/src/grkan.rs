@@ -1,7 +1,9 @@
 //! GR-KAN on the device (SPEC §3): the host side of `kernels/wgsl/grkan.wgsl`.
 //!
-//! The backward writes `dx` and one partial sum of each coefficient gradient per tile of
-//! `rows_per_tile` rows × one group, then a second pass sums the partials in tile order.
+//! Both directions give each workgroup a tile of `rows_per_tile` rows × one group's columns,
+//! with the degrees as the shader's override constants (one pipeline per (M, N)). The
+//! backward writes `dx` and one partial sum of each coefficient gradient per tile, then a
+//! second pass sums the partials in tile order.
 
 use crate::device::{Bind, Launch};
 use crate::shaders::Shader;
@@ -10,8 +12,16 @@ use flashneck_core::{DType, GrKanParams, Result};
 
 /// Threads per workgroup in grkan.wgsl.
 const WG: u64 = 256;
-/// Elements one backward workgroup reduces: 16 per thread.
+/// Elements of one workgroup's tile: 16 per thread.
 const TILE_ELEMS: usize = 4096;
+
+/// The shader's `override` constants for `p`'s degrees.
+fn degrees(p: &GrKanParams) -> [(&'static str, u32); 2] {
+    [
+        ("NUM_DEGREE", p.num_degree as u32),
+        ("DEN_DEGREE", p.den_degree as u32),
+    ]
+}
 
 /// Must match `Params` in grkan.wgsl.
 #[repr(C)]
@@ -59,6 +69,7 @@ pub(crate) fn forward<T>(
         shader: Shader::GrKan,
         entry: "grkan_forward",
         dtype,
+        overrides: &degrees(p),
         params: bytemuck::bytes_of(&prm),
         binds: &[
             (1, Bind::Read(x.raw())),
@@ -66,8 +77,7 @@ pub(crate) fn forward<T>(
             (3, Bind::Read(b.raw())),
             (5, Bind::Write(y.raw())),
         ],
-        // One thread per pair of elements.
-        workgroups: (p.x_len() as u64).div_ceil(2).div_ceil(WG),
+        workgroups: u64::from(prm.tiles) * p.groups as u64,
     }])
 }
 
@@ -105,6 +115,7 @@ pub(crate) fn backward<T>(
             shader: Shader::GrKan,
             entry: "grkan_backward_partials",
             dtype,
+            overrides: &degrees(p),
             params: bytemuck::bytes_of(&prm),
             binds: &binds_partials,
             workgroups: u64::from(prm.tiles) * p.groups as u64,
@@ -113,6 +124,7 @@ pub(crate) fn backward<T>(
             shader: Shader::GrKan,
             entry: "grkan_backward_reduce",
             dtype,
+            overrides: &degrees(p),
             params: bytemuck::bytes_of(&prm),
             binds: &binds_reduce,
             workgroups: ((p.groups * coefs) as u64).div_ceil(WG),

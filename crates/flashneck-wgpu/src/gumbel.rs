@@ -112,6 +112,7 @@ pub(crate) fn forward<T>(
         shader: Shader::Gumbel,
         entry,
         dtype,
+        overrides: &[],
         params: bytemuck::bytes_of(&prm),
         binds: &[
             (1, Bind::Read(logits.raw())),
@@ -136,6 +137,7 @@ pub(crate) fn backward<T>(
         shader: Shader::Gumbel,
         entry,
         dtype,
+        overrides: &[],
         params: bytemuck::bytes_of(&prm),
         binds: &[
             (2, Bind::Write(dlogits.raw())),
@@ -164,6 +166,7 @@ pub(crate) fn noise(
         shader: Shader::Gumbel,
         entry: "gumbel_noise",
         dtype: DType::F32,
+        overrides: &[],
         params: bytemuck::bytes_of(&prm),
         binds: &[(2, Bind::Write(out.raw()))],
         // One thread per quad (one Philox call, four elements).
@@ -180,6 +183,7 @@ pub(crate) fn philox_words(be: &WgpuBackend, counter: [u32; 4], key: [u32; 2]) -
         shader: Shader::Gumbel,
         entry: "philox_words",
         dtype: DType::F32,
+        overrides: &[],
         params: bytemuck::bytes_of(&Params::default()),
         binds: &[(6, Bind::Write(words.raw()))],
         workgroups: 1,

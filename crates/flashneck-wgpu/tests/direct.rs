@@ -514,6 +514,12 @@ fn grkan_shapes<T: Element>() {
         GrKanParams::new(1031, 40, 8).with_degrees(7, 7),
         GrKanParams::new(300, 130, 2).with_degrees(0, 1),
         GrKanParams::new(5, 9, 3).with_degrees(3, 0),
+        // A row's group columns span group_width / 2 + 1 pair slots, walked 256 at a time:
+        // more slots than threads (551), a multiple of them (128: whole rows per step) and a
+        // remainder carried into the next row (151).
+        GrKanParams::new(7, 1100, 1),
+        GrKanParams::new(5, 510, 2).with_degrees(2, 6),
+        GrKanParams::new(9, 600, 2),
     ] {
         grkan_case::<T>(p, &mut rng, seed);
     }
