@@ -2,9 +2,10 @@
 # The GPU check of flashneck's CUDA backend (docs/cuda.md), run from the folder that
 # `cargo xtask gpu-bundle` writes. Needs a CUDA 13 driver, compute-sanitizer and python3 with
 # torch; no Rust. Writes JSON and logs under $OUT (default: ./out next to this script) and prints a
-# short table last. Every step has its own time limit: 90 + 30 + 40 + 60 + 60 + 130 + 30 + 50 =
-# 490 s in all (570 s with each step's 10 s kill grace), inside a 600 s device command; the benches
-# pace themselves (--time-budget) to end before their limits, so their reports are always written.
+# short table last. Every step has its own time limit: 90 + 30 + 40 + 60 + 60 + 125 + 45 + 45 =
+# 495 s in all (575 s with each step's 10 s kill grace), plus a 15 s Vulkan probe, inside a 600 s
+# device command; the benches pace themselves (--time-budget) to end before their limits, so their
+# reports are always written.
 set -u
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 OUT="${OUT:-$HERE/out}"
@@ -75,7 +76,7 @@ step racecheck 60 env FLASHNECK_REQUIRE_CUDA=1 FLASHNECK_CONFORMANCE=small compu
 # 3. The benches at the standard sizes (copy bandwidth, bf16 GEMM, the PyTorch peers, all in this
 #    run; --full does not fit the limit), CUDA first.
 if [ -x "$HERE/flashneck-bench" ]; then
-    step bench 130 "$HERE/flashneck-bench" --backend cuda --standard --time-budget 112 --out "$OUT/bench"
+    step bench 125 "$HERE/flashneck-bench" --backend cuda --standard --time-budget 107 --out "$OUT/bench"
 else
     printf 'bench\tmissing\t-\t0\n' >> "$STEPS"
 fi
@@ -102,26 +103,45 @@ fi
 wgpu_tests() {
     "$HERE/conformance_wgpu" --test-threads=4 && "$HERE/direct_wgpu" --test-threads=4
 }
-if [ -n "$ICD" ]; then
-    echo "Vulkan driver manifest: $ICD" > "$OUT/vulkan.txt"
+# A manifest is not a driver: probe for a Vulkan adapter with one test that only needs one (it
+# checks the shaders' workgroup memory against the adapter's limit). No adapter: `no-vulkan`.
+VULKAN=""
+if [ -n "$ICD" ] && [ -x "$HERE/direct_wgpu" ]; then
     export VK_ICD_FILENAMES="$ICD"
     WGPU_LD="$HERE/vulkan${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    if [ -x "$HERE/conformance_wgpu" ] && [ -x "$HERE/direct_wgpu" ]; then
+    if timeout --kill-after=5 15 env LD_LIBRARY_PATH="$WGPU_LD" "$HERE/direct_wgpu" --exact \
+        --nocapture every_shader_fits_the_adapter_workgroup_memory > "$OUT/vulkan-probe.log" 2>&1; then
+        VULKAN=yes
+    fi
+fi
+if [ -n "$VULKAN" ]; then
+    echo "Vulkan driver manifest: $ICD" > "$OUT/vulkan.txt"
+    grep -m1 "wgpu adapter" "$OUT/vulkan-probe.log" >> "$OUT/vulkan.txt"
+    if [ -x "$HERE/conformance_wgpu" ]; then
         export -f wgpu_tests
         export HERE
-        step wgpu-tests 30 env FLASHNECK_WGPU_REQUIRE_GPU=1 LD_LIBRARY_PATH="$WGPU_LD" \
+        step wgpu-tests 45 env FLASHNECK_WGPU_REQUIRE_GPU=1 LD_LIBRARY_PATH="$WGPU_LD" \
             bash -c wgpu_tests
     else
         printf 'wgpu-tests\tmissing\t-\t0\n' >> "$STEPS"
     fi
     if [ -x "$HERE/flashneck-bench" ]; then
-        step bench-wgpu 50 env LD_LIBRARY_PATH="$WGPU_LD" \
-            "$HERE/flashneck-bench" --backend wgpu --standard --time-budget 38 \
+        step bench-wgpu 45 env LD_LIBRARY_PATH="$WGPU_LD" \
+            "$HERE/flashneck-bench" --backend wgpu --standard --time-budget 34 \
             --op grkan,gumbel_softmax_forward,attention_forward --out "$OUT/bench-wgpu"
+    else
+        printf 'bench-wgpu\tmissing\t-\t0\n' >> "$STEPS"
     fi
 else
-    echo "no NVIDIA Vulkan driver in this container (no ICD manifest, no libGLX_nvidia.so.0)" \
-        > "$OUT/vulkan.txt"
+    if [ -z "$ICD" ]; then
+        why="no ICD manifest, no libGLX_nvidia.so.0"
+    elif [ ! -x "$HERE/direct_wgpu" ]; then
+        why="the bundle has no direct_wgpu to probe with"
+    else
+        why="manifest $ICD, but no adapter (see vulkan-probe.log)"
+    fi
+    echo "no NVIDIA Vulkan driver in this container ($why)" > "$OUT/vulkan.txt"
+    unset VK_ICD_FILENAMES
     printf 'wgpu-tests\tno-vulkan\t-\t0\n' >> "$STEPS"
     printf 'bench-wgpu\tno-vulkan\t-\t0\n' >> "$STEPS"
 fi

@@ -11,7 +11,8 @@
 //
 // Threads own pairs of elements at even flat indices (one word of packed bf16, so a pair is
 // stored at once). A group's columns of a row may start or end mid-pair; such a pair is shared
-// with the neighbouring group's workgroup, and each stores only its own element (`out_stp`).
+// with the neighbouring group's workgroup (or, with odd C, the next row's), and each stores only
+// its own element (`out_stp`).
 // The columns of one row overlap at most group_width / 2 + 1 pairs: the tile's "slots" are
 // (row, pair) for those, walked by the threads in order.
 //

@@ -9,8 +9,8 @@
 // quads that overlap its row (quad j0, j0 + stride, ...; lanes of the rows around it are
 // skipped), draws each quad's words once, and keeps its first CACHE quads in registers; only
 // the rest of a long row goes through an f32 row in memory (binding 3). With 64 threads that is
-// rows of up to 1021 classes at any alignment: logits read once, the noise drawn once, y (and
-// y_soft if asked for) written once. Stores go by pairs of elements (a quad is two words of
+// rows of up to 1021 classes at any alignment (13 for the thread-per-row kernels): logits read
+// once, the noise drawn once, y (and y_soft if asked for) written once. Stores go by pairs of elements (a quad is two words of
 // packed bf16), so only pairs cut by a row boundary need the atomic lone-element store.
 // Flat indices fit in 32 bits: a storage binding holds fewer than 2^32 bytes (host-checked).
 

@@ -4,8 +4,9 @@
 //! and direct test executables, `flashneck-bench` and the model crate's training example, and
 //! writes them with `gpu/run.sh` and the Vulkan loader into `./gpu-bundle/` (git-ignored). On the GPU machine (no
 //! Rust; a CUDA 13 driver, compute-sanitizer, python3 with torch) `gpu-bundle/run.sh` runs the
-//! conformance with skipping refused, memcheck and racecheck over a small subset, and the
-//! benches, writing JSON under `$OUT` and printing a short table last (see docs/cuda.md).
+//! conformance with skipping refused, memcheck and racecheck over a small subset, the benches,
+//! and the wgpu tests and bench where the container has NVIDIA's Vulkan driver, writing JSON
+//! under `$OUT` and printing a short table last (see docs/cuda.md).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

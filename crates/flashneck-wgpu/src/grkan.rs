@@ -124,7 +124,8 @@ pub(crate) fn backward<T>(
             shader: Shader::GrKan,
             entry: "grkan_backward_reduce",
             dtype,
-            overrides: &degrees(p),
+            // It reads the degrees from the parameters: one pipeline for every (M, N).
+            overrides: &[],
             params: bytemuck::bytes_of(&prm),
             binds: &binds_reduce,
             workgroups: ((p.groups * coefs) as u64).div_ceil(WG),

@@ -135,8 +135,21 @@ fn packed_bf16_storage_declares_word_tensors() {
                 "{s}.wgsl: tensor {t} is not a word array"
             );
         }
-        // No op file indexes a tensor binding directly (only the accessors do).
+        // Every `array<elem>` of the op file was recognised as a tensor binding and retyped (a
+        // declaration the parser missed would stay `array<elem>` = f32 and read packed words as
+        // floats); the count is the raw text's, independent of the parser.
         let src = s.source(Variant::new(Storage::Bf16, false));
+        let plain = s.source(PLAIN);
+        assert_eq!(
+            plain.matches("array<elem>").count(),
+            s.tensors().len(),
+            "{s}.wgsl"
+        );
+        assert!(
+            !src.contains("array<elem>"),
+            "{s}.wgsl: a tensor binding was not retyped"
+        );
+        // No op file indexes a tensor binding directly (only the accessors do).
         let body = &src[..src.find("// Tensor accessors").unwrap()];
         for t in s.tensors() {
             assert!(
