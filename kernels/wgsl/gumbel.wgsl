@@ -1,16 +1,17 @@
 // Gumbel-Softmax (SPEC §4) with counter-based Philox4x32-10 noise.
 //
-// Forward and backward give one workgroup to each row, and the row max, sum and argmax are
-// reduced in workgroup memory. Rows of at most 64 elements take the `_rows` entry points
-// instead: one thread per row.
+// Forward and backward give one workgroup to each row (64 threads, 256 for rows of more than
+// 1021 classes), and the row max, sum and argmax are reduced in workgroup memory. Rows of at
+// most 64 elements take the `_rows` entry points instead: one thread per row, 64 per workgroup.
 //
 // Work unit: the quad, flat elements 4c .. 4c + 3, which share one Philox call (SPEC §4: the
 // noise of flat element n is lane n % 4 of the call for counter n / 4). A thread walks the
 // quads that overlap its row (quad j0, j0 + stride, ...; lanes of the rows around it are
 // skipped), draws each quad's words once, and keeps its first CACHE quads in registers; only
 // the rest of a long row goes through an f32 row in memory (binding 3). With 64 threads that is
-// rows of up to 1021 classes at any alignment (13 for the thread-per-row kernels): logits read
-// once, the noise drawn once, y (and y_soft if asked for) written once. Stores go by pairs of elements (a quad is two words of
+// rows of up to 1021 classes at any alignment, with 256 up to 4093 (4096 when K is a multiple
+// of 4), 13 for the thread-per-row kernels: logits read once, the noise drawn once, y (and
+// y_soft if asked for) written once. Stores go by pairs of elements (a quad is two words of
 // packed bf16), so only pairs cut by a row boundary need the atomic lone-element store.
 // Flat indices fit in 32 bits: a storage binding holds fewer than 2^32 bytes (host-checked).
 
@@ -27,7 +28,9 @@ struct Params {
     write_soft: u32, // forward: 1 if the caller wants y_soft in binding 3
 }
 
-const WG: u32 = 64u;
+// Threads per workgroup, set by the host per pipeline: 64, or 256 for the rows longer than 64
+// threads hold in registers (reduce.wgsl's scratch array is sized by it too).
+override WG: u32 = 64u;
 // Quads of its row a thread keeps in registers (the host's `CACHED_QUADS`).
 const CACHE: u32 = 4u;
 // Below every finite value: the max of no elements, and the lanes of a quad outside the row.
@@ -370,7 +373,7 @@ fn write_dlogits(base: u32, j0: u32, stride: u32, dot: f32,
 
 // ---------------------------------------------------------------- entry points
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn gumbel_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   lane: Lane) {
     let lid = lane.lid;
@@ -388,7 +391,7 @@ fn gumbel_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     }
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn gumbel_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                    lane: Lane) {
     let lid = lane.lid;
@@ -404,7 +407,7 @@ fn gumbel_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
 
 // Short rows (K <= 64, host's choice): one thread per row, no workgroup reductions, so that
 // 64 rows share a workgroup instead of 64 threads sharing one short row.
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn gumbel_forward_rows(@builtin(workgroup_id) wg: vec3<u32>,
                        @builtin(num_workgroups) nwg: vec3<u32>,
                        @builtin(local_invocation_index) lid: u32) {
@@ -422,7 +425,7 @@ fn gumbel_forward_rows(@builtin(workgroup_id) wg: vec3<u32>,
     }
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn gumbel_backward_rows(@builtin(workgroup_id) wg: vec3<u32>,
                         @builtin(num_workgroups) nwg: vec3<u32>,
                         @builtin(local_invocation_index) lid: u32) {
@@ -436,7 +439,7 @@ fn gumbel_backward_rows(@builtin(workgroup_id) wg: vec3<u32>,
 }
 
 // One thread per quad.
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn gumbel_noise(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
     let c = flat_workgroup(wg, nwg) * WG + lid;

@@ -97,15 +97,17 @@ impl WgpuBackend {
         if let Some(p) = cache.get(&key) {
             return Ok(p.clone());
         }
-        let module = shaders::validate(l.shader, variant).map_err(|e| Error::device(BACKEND, e))?;
-        let need = shaders::workgroup_bytes(&module);
+        let mut constants = vec![("DTYPE", dtype_code(l.dtype))];
+        constants.extend(l.overrides.iter().map(|&(name, v)| (name, f64::from(v))));
+        let need = shaders::entry_workgroup_bytes(l.shader, variant, l.entry, &constants)
+            .map_err(|e| Error::device(BACKEND, e))?;
         let limit = u64::from(self.limits.max_compute_workgroup_storage_size);
         if need > limit {
             return Err(Error::unsupported(
                 BACKEND,
                 format!(
-                    "{}.wgsl needs {need} bytes of workgroup memory, the adapter allows {limit}",
-                    l.shader
+                    "{}.wgsl {} needs {need} bytes of workgroup memory, the adapter allows {limit}",
+                    l.shader, l.entry
                 ),
             ));
         }
@@ -155,8 +157,6 @@ impl WgpuBackend {
                 bind_group_layouts: &[Some(&layout)],
                 immediate_size: 0,
             });
-        let mut constants = vec![("DTYPE", dtype_code(l.dtype))];
-        constants.extend(l.overrides.iter().map(|&(name, v)| (name, f64::from(v))));
         let pipeline = self
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {

@@ -5,38 +5,58 @@ use crate::shaders::Shader;
 use crate::{BACKEND, WgpuBackend, WgpuBuffer};
 use flashneck_core::{Backend, DType, Error, GumbelParams, Result};
 
-/// Threads per workgroup of every Gumbel kernel.
+/// Threads per workgroup of the Gumbel kernels (the shader's `WG` override), but for rows
+/// longer than [`WIDE_ROW`].
 const WG: u64 = 64;
+/// Threads per workgroup for rows longer than `WIDE_ROW`.
+const WG_WIDE: u64 = 256;
 /// Rows up to this many classes run one thread per row (`*_rows` entry points); longer rows
 /// get a workgroup each.
 const SHORT_ROW: usize = 64;
+/// Rows longer than this (what 64 threads hold in registers at any alignment) get a
+/// workgroup of `WG_WIDE` threads.
+const WIDE_ROW: usize = 1021;
 /// Quads (4 elements) of its row each thread keeps in registers (`CACHE` in gumbel.wgsl).
 const CACHED_QUADS: usize = 4;
 
-/// The entry point and workgroup count for `rows` rows of `p.classes`.
-fn row_launch(
-    p: &GumbelParams,
-    per_row: &'static str,
-    per_thread: &'static str,
-) -> (&'static str, u64) {
-    if p.classes <= SHORT_ROW {
-        (per_thread, (p.rows as u64).div_ceil(WG))
+/// How a row of `p.classes` is walked: the entry point (one thread per row, or a workgroup
+/// per row), the workgroup count for `p.rows` rows, the threads on one row, and the shader's
+/// `WG` override.
+struct RowLaunch {
+    entry: &'static str,
+    workgroups: u64,
+    threads_per_row: usize,
+    overrides: [(&'static str, u32); 1],
+}
+
+fn row_launch(p: &GumbelParams, per_row: &'static str, per_thread: &'static str) -> RowLaunch {
+    let (entry, workgroups, threads_per_row, wg) = if p.classes <= SHORT_ROW {
+        (per_thread, (p.rows as u64).div_ceil(WG), 1, WG)
+    } else if p.classes <= WIDE_ROW {
+        (per_row, p.rows as u64, WG as usize, WG)
     } else {
-        (per_row, p.rows as u64)
+        (per_row, p.rows as u64, WG_WIDE as usize, WG_WIDE)
+    };
+    RowLaunch {
+        entry,
+        workgroups,
+        threads_per_row,
+        overrides: [("WG", wg as u32)],
     }
 }
 
-/// Whether every row's quads fit in its threads' registers, whatever the row's alignment (a
-/// row of K classes overlaps at most (K + 2) / 4 + 1 quads), so that the forward stores nothing
-/// in binding 3 unless y_soft is asked for.
-fn rows_fit_in_registers(p: &GumbelParams) -> bool {
-    let threads = if p.classes <= SHORT_ROW {
-        1
-    } else {
-        WG as usize
-    };
-    let most_quads = (p.classes + 2) / 4 + 1;
-    most_quads <= threads * CACHED_QUADS
+/// The most quads (4-element groups at multiples of 4) any row of K classes overlaps: rows
+/// start at multiples of K, so at offsets within a quad that are multiples of gcd(K, 4), the
+/// largest being 4 − gcd(K, 4).
+fn most_quads(classes: usize) -> usize {
+    let step = [4, 1, 2, 1][classes % 4];
+    (classes + (4 - step) % 4).div_ceil(4)
+}
+
+/// Whether every row's quads fit in its threads' registers, so that the forward stores
+/// nothing in binding 3 unless y_soft is asked for.
+fn rows_fit_in_registers(p: &GumbelParams, l: &RowLaunch) -> bool {
+    most_quads(p.classes) <= l.threads_per_row * CACHED_QUADS
 }
 
 /// Must match `Params` in gumbel.wgsl.
@@ -94,6 +114,7 @@ pub(crate) fn forward<T>(
     y_soft: Option<&mut WgpuBuffer<f32>>,
 ) -> Result<()> {
     let mut prm = Params::of(p)?;
+    let launch = row_launch(p, "gumbel_forward", "gumbel_forward_rows");
     prm.write_soft = u32::from(y_soft.is_some());
     // Binding 3 (f32) holds the values of the quads past each thread's registers before
     // y_soft, so that y, which may be stored as f16, is written once, rounded. Without y_soft:
@@ -102,24 +123,27 @@ pub(crate) fn forward<T>(
     let y_soft = match y_soft {
         Some(b) => b.raw(),
         None => {
-            let len = if rows_fit_in_registers(p) { 1 } else { p.len() };
+            let len = if rows_fit_in_registers(p, &launch) {
+                1
+            } else {
+                p.len()
+            };
             scratch = be.alloc_scratch(len)?;
             &scratch
         }
     };
-    let (entry, workgroups) = row_launch(p, "gumbel_forward", "gumbel_forward_rows");
     be.run(&[Launch {
         shader: Shader::Gumbel,
-        entry,
+        entry: launch.entry,
         dtype,
-        overrides: &[],
+        overrides: &launch.overrides,
         params: bytemuck::bytes_of(&prm),
         binds: &[
             (1, Bind::Read(logits.raw())),
             (2, Bind::Write(y.raw())),
             (3, Bind::Write(y_soft)),
         ],
-        workgroups,
+        workgroups: launch.workgroups,
     }])
 }
 
@@ -132,19 +156,19 @@ pub(crate) fn backward<T>(
     dlogits: &mut WgpuBuffer<T>,
 ) -> Result<()> {
     let prm = Params::of(p)?;
-    let (entry, workgroups) = row_launch(p, "gumbel_backward", "gumbel_backward_rows");
+    let launch = row_launch(p, "gumbel_backward", "gumbel_backward_rows");
     be.run(&[Launch {
         shader: Shader::Gumbel,
-        entry,
+        entry: launch.entry,
         dtype,
-        overrides: &[],
+        overrides: &launch.overrides,
         params: bytemuck::bytes_of(&prm),
         binds: &[
             (2, Bind::Write(dlogits.raw())),
             (4, Bind::Read(y_soft.raw())),
             (5, Bind::Read(dy.raw())),
         ],
-        workgroups,
+        workgroups: launch.workgroups,
     }])
 }
 
@@ -190,4 +214,21 @@ pub(crate) fn philox_words(be: &WgpuBackend, counter: [u32; 4], key: [u32; 2]) -
     }])?;
     let out = be.download(&words)?;
     Ok([out[6], out[7], out[8], out[9]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `most_quads` against counting: the quads that rows 0..8 of K classes overlap.
+    #[test]
+    fn most_quads_is_the_most_any_row_overlaps() {
+        for k in 1..=300usize {
+            let most = (0..8)
+                .map(|r| (r * k + k - 1) / 4 - (r * k) / 4 + 1)
+                .max()
+                .unwrap();
+            assert_eq!(most_quads(k), most, "K = {k}");
+        }
+    }
 }

@@ -317,14 +317,45 @@ impl fmt::Display for Shader {
 /// Parse and validate a shader built for variant `v` with naga (no device needed), with the
 /// capabilities that variant needs. Errors carry naga's report.
 pub fn validate(shader: Shader, v: Variant) -> Result<naga::Module, String> {
+    Ok(validated(shader, v)?.0)
+}
+
+fn validated(
+    shader: Shader,
+    v: Variant,
+) -> Result<(naga::Module, naga::valid::ModuleInfo), String> {
     let v = shader.variant(v);
     let src = shader.source(v);
     let module = naga::front::wgsl::parse_str(&src)
         .map_err(|e| format!("{shader}.wgsl ({v}): {}", e.emit_to_string(&src)))?;
-    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), v.capabilities())
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), v.capabilities())
         .validate(&module)
         .map_err(|e| format!("{shader}.wgsl ({v}): {}", e.emit_to_string(&src)))?;
-    Ok(module)
+    Ok((module, info))
+}
+
+/// Bytes of workgroup memory of one entry point of `shader` (variant `v`) specialised with the
+/// pipeline's override `constants`: override-sized workgroup arrays (Gumbel's reductions,
+/// sized by its workgroup size `WG`) count at the size the pipeline gives them.
+pub fn entry_workgroup_bytes(
+    shader: Shader,
+    v: Variant,
+    entry: &str,
+    constants: &[(&str, f64)],
+) -> Result<u64, String> {
+    let (module, info) = validated(shader, v)?;
+    let mut values = naga::back::PipelineConstants::default();
+    for &(name, value) in constants {
+        values.insert(name.to_string(), value);
+    }
+    let (module, _) = naga::back::pipeline_constants::process_overrides(
+        &module,
+        &info,
+        Some((naga::ShaderStage::Compute, entry)),
+        &values,
+    )
+    .map_err(|e| format!("{shader}.wgsl ({v}) {entry} with {constants:?}: {e}"))?;
+    Ok(workgroup_bytes(&module))
 }
 
 /// Bytes of workgroup memory the module declares (all its `var<workgroup>` globals: an upper

@@ -603,17 +603,22 @@ fn gumbel_case<T: Element>(p: GumbelParams, rng: &mut impl Rng, seed: u64) {
 /// (rows, K, tau): short rows (K <= 64, one thread per row) and long rows (a workgroup each),
 /// on both sides of the switch. Odd K puts row boundaries mid-word in packed bf16: (9, 7) has
 /// threads of one workgroup sharing words, (4, 65) and (33, 257) workgroups. Each thread keeps
-/// 4 quads of its row in registers: (70, 10), (9, 7), (4, 13), (3, 1000) and (5, 1021) fit,
-/// (4, 15), (5, 64), (2, 1023) and (2, 2053) send the rest through the f32 row of binding 3 (a
-/// scratch buffer when y_soft is not asked for). At the edges: row 1 of (4, 15) starts at
-/// offset 3 of a quad and overlaps 5 quads, one more than a thread-per-row thread holds; row 1
-/// of (2, 1023) overlaps 257, one more than a workgroup's 64 threads hold; (5, 1021) fills
-/// them at every alignment.
-const SHAPES: [(usize, usize, f32); 12] = [
+/// 4 quads of its row in registers, and rows of more than 1021 classes get 256 threads instead
+/// of 64: (70, 10), (9, 7), (4, 13), (3, 1000), (5, 1021), (2, 1023), (2, 2053), (2, 4093) and
+/// (2, 4096) fit; (4, 15), (5, 64) and (2, 4095) send the rest through the f32 row of binding 3
+/// (a scratch buffer when y_soft is not asked for). At the edges: row 1 of (4, 15) starts at
+/// offset 3 of a quad and overlaps 5 quads, one more than a thread-per-row thread holds;
+/// (5, 1021) fills 64 threads at every alignment, and (2, 1023) is the first 256-thread row;
+/// row 1 of (2, 4095) overlaps 1025 quads, one more than 256 threads hold, while (2, 4093) and
+/// (2, 4096) fill them.
+const SHAPES: [(usize, usize, f32); 15] = [
     (4, 13, 0.9),
     (4, 15, 1.2),
     (5, 1021, 0.8),
     (2, 1023, 0.6),
+    (2, 4093, 1.0),
+    (2, 4095, 0.7),
+    (2, 4096, 1.4),
     (1, 1, 1.0),
     (70, 10, 0.5),
     (9, 7, 0.8),

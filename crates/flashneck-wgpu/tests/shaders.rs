@@ -6,7 +6,8 @@
 //! adapter's limit.
 
 use flashneck_wgpu::shaders::{
-    Shader, Storage, Variant, WEBGPU_DEFAULT_WORKGROUP_STORAGE, validate, workgroup_bytes,
+    Shader, Storage, Variant, WEBGPU_DEFAULT_WORKGROUP_STORAGE, entry_workgroup_bytes, validate,
+    workgroup_bytes,
 };
 
 const PLAIN: Variant = Variant::new(Storage::F32, false);
@@ -181,14 +182,34 @@ fn every_shader_fits_the_webgpu_default_workgroup_memory() {
 
 #[test]
 fn workgroup_memory_is_counted() {
-    // The reductions' scratch arrays: 256 f32 in grkan, 64 f32 + 64 u32 in gumbel. A counter
-    // that returned 0 would make the limit checks vacuous.
-    assert_eq!(
-        workgroup_bytes(&validate(Shader::GrKan, PLAIN).unwrap()),
-        1024
-    );
-    assert_eq!(
-        workgroup_bytes(&validate(Shader::Gumbel, PLAIN).unwrap()),
-        512
-    );
+    // The reductions' scratch arrays: 256 f32 in grkan; WG f32 + WG u32 in gumbel, whose
+    // workgroup size WG is an override constant (64, or 256 for long rows), so they are counted
+    // for the pipeline's value. A counter that returned 0 (or the default's size whatever the
+    // override) would make the limit checks vacuous.
+    let bytes = |s, entry, wg: Option<f64>| {
+        let mut constants = vec![("DTYPE", 0.0)];
+        constants.extend(wg.map(|v| ("WG", v)));
+        entry_workgroup_bytes(s, PLAIN, entry, &constants).unwrap()
+    };
+    assert_eq!(bytes(Shader::GrKan, "grkan_backward_partials", None), 1024);
+    assert_eq!(bytes(Shader::Gumbel, "gumbel_forward", None), 512);
+    assert_eq!(bytes(Shader::Gumbel, "gumbel_forward", Some(64.0)), 512);
+    assert_eq!(bytes(Shader::Gumbel, "gumbel_forward", Some(256.0)), 2048);
+    // Per entry point: the pipeline's module keeps only its own entry point's globals (the
+    // backward has no argmax, so no `red_idx`; the Philox check none at all).
+    assert_eq!(bytes(Shader::Gumbel, "gumbel_backward", Some(256.0)), 1024);
+    assert_eq!(bytes(Shader::Gumbel, "philox_words", None), 0);
+    // The widest Gumbel pipeline fits WebGPU's default in every variant.
+    for v in Variant::ALL {
+        let b = entry_workgroup_bytes(
+            Shader::Gumbel,
+            v,
+            "gumbel_forward",
+            &[("DTYPE", 2.0), ("WG", 256.0)],
+        )
+        .unwrap();
+        assert!(b <= WEBGPU_DEFAULT_WORKGROUP_STORAGE, "{v}: {b}");
+    }
+    // An override the shader does not declare is an error, not silently ignored.
+    assert!(entry_workgroup_bytes(Shader::GrKan, PLAIN, "grkan_forward", &[("WG", 64.0)]).is_err());
 }
