@@ -212,8 +212,9 @@ fn store_quad(c: u32, base: u32, y: vec4<f32>) {
     out_stp(e + 2u, in_row(e + 2u, base), in_row(e + 3u, base), y.z, y.w);
 }
 
-// y_soft = exp((s − max) / tau) / sum for quad c's elements in the row: stored (rounded) in
-// `out`, in y_soft when asked for; the argmax tracked in `best` (elements in increasing order).
+// y_soft = exp((s − max) / tau) / sum for quad c's elements in the row: stored in y_soft when
+// asked for, and (rounded) in `out` unless the sample is hard (the one-hot pass writes `out`
+// then, once); the argmax tracked in `best` (elements in increasing order).
 fn normalise_quad(s: vec4<f32>, c: u32, base: u32, sm: Softmax, best: ptr<function, Best>) {
     var y = vec4<f32>(0.0);
     for (var lane = 0u; lane < 4u; lane++) {
@@ -229,7 +230,9 @@ fn normalise_quad(s: vec4<f32>, c: u32, base: u32, sm: Softmax, best: ptr<functi
             }
         }
     }
-    store_quad(c, base, y);
+    if (p.hard == 0u) {
+        store_quad(c, base, y);
+    }
 }
 
 // Forward pass 1: s = logits + g for this thread's quads (the first CACHE into `cache`, the
@@ -275,7 +278,8 @@ fn exp_sum(base: u32, j0: u32, stride: u32, m: f32,
     return sum;
 }
 
-// Forward pass 3: normalise, store y (and y_soft); this thread's argmax for the hard sample.
+// Forward pass 3: normalise, store y (soft samples) and y_soft (when asked for); this thread's
+// argmax for the hard sample.
 fn normalise(base: u32, j0: u32, stride: u32, sm: Softmax,
              cache: ptr<function, array<vec4<f32>, CACHE>>) -> Best {
     let nq = row_quads(base);
