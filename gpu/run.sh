@@ -83,7 +83,8 @@ fi
 
 # 4. The wgpu backend on the same GPU through Vulkan: its conformance suite and direct tests
 #    (which must find a GPU adapter, not a CPU driver), then issue 5's comparison with the CUDA
-#    kernels (GR-KAN, Gumbel-Softmax, attention forward). The bundle carries the Vulkan loader;
+#    kernels (GR-KAN, Gumbel-Softmax forward and backward, attention forward). The bundle carries
+#    the Vulkan loader;
 #    NVIDIA's Vulkan driver comes with the container's driver libraries when it has them.
 ICD=""
 for f in /usr/share/vulkan/icd.d/nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.json \
@@ -128,7 +129,7 @@ if [ -n "$VULKAN" ]; then
     if [ -x "$HERE/flashneck-bench" ]; then
         step bench-wgpu 45 env LD_LIBRARY_PATH="$WGPU_LD" \
             "$HERE/flashneck-bench" --backend wgpu --standard --time-budget 34 \
-            --op grkan,gumbel_softmax_forward,attention_forward --out "$OUT/bench-wgpu"
+            --op grkan,gumbel_softmax,attention_forward --out "$OUT/bench-wgpu"
     else
         printf 'bench-wgpu\tmissing\t-\t0\n' >> "$STEPS"
     fi
