@@ -84,8 +84,8 @@ fi
 # 4. The wgpu backend on the same GPU through Vulkan: its conformance suite and direct tests
 #    (which must find a GPU adapter, not a CPU driver), then issue 5's comparison with the CUDA
 #    kernels (GR-KAN, Gumbel-Softmax forward and backward, attention forward). The bundle carries
-#    the Vulkan loader;
-#    NVIDIA's Vulkan driver comes with the container's driver libraries when it has them.
+#    the Vulkan loader; NVIDIA's Vulkan driver comes with the container's driver libraries when
+#    it has them.
 ICD=""
 for f in /usr/share/vulkan/icd.d/nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.json \
          /usr/share/vulkan/icd.d/nvidia_icd.x86_64.json; do
