@@ -16,7 +16,7 @@ use crate::memory::CudaBuffer;
 use crate::{CudaBackend, elem_suffix, fits_i32};
 use flashneck_core::{
     AttentionParams, AttentionShape, DType, DeviceBuffer, DeviceLayout, Element, Error, Result,
-    SparseEpilogue, TopkParams, checks,
+    SparseEpilogue, TopkParams,
 };
 
 /// Head dims (`D = Dv`) with compiled attention kernels.
@@ -211,7 +211,6 @@ pub(crate) fn forward<T: Element>(
     o: &mut CudaBuffer<T>,
     lse: &mut CudaBuffer<f32>,
 ) -> Result<()> {
-    checks::attention_forward(p, q, k, v, o, lse)?;
     let dense = SparseInputs {
         layout: None,
         row_scale: None,
@@ -233,7 +232,6 @@ pub(crate) fn sparse_forward<T: Element>(
     o: &mut CudaBuffer<T>,
     lse: &mut CudaBuffer<f32>,
 ) -> Result<()> {
-    checks::sparse_forward(p, layout, q, k, v, &epilogue, o, lse)?;
     let sparse = SparseInputs {
         layout: Some(layout),
         row_scale: epilogue.row_scale,
@@ -280,7 +278,6 @@ pub(crate) fn block_topk<T: Element>(
     q: &CudaBuffer<T>,
     k: &CudaBuffer<T>,
 ) -> Result<DeviceLayout<CudaBackend>> {
-    p.check_topk(topk, q.len(), k.len())?;
     let s = &p.shape;
     let (nqb, nkb, d) = (s.q_blocks(), s.k_blocks(), s.head_dim);
     fits_kernels(dev, s)?;

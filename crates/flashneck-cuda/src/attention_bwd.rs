@@ -107,12 +107,6 @@ pub fn backward<T: Element>(
     } else {
         SIMT_THREADS
     };
-    // Kernels end with the layout's max_blocks and the shared shape arguments.
-    let tail = |mb: usize| {
-        let mut t = vec![Arg::I32(mb as i32)];
-        t.extend(attention_shape_args(p));
-        t
-    };
 
     // 1. Δ per query row.
     let rows = s.lse_len();
@@ -138,69 +132,58 @@ pub fn backward<T: Element>(
         }
     }
 
-    // 2. dK, dV per key block (every key block is written, also with no query rows).
-    let (n_qb, n_kb) = (s.q_blocks(), s.k_blocks());
-    if n_kb > 0 {
-        let mut args = vec![
-            Arg::Ptr(q.addr(dev)?),
-            Arg::Ptr(k.addr(dev)?),
-            Arg::Ptr(v.addr(dev)?),
-            Arg::Ptr(d_o.addr(dev)?),
-            Arg::Ptr(lse.addr(dev)?),
-            Arg::Ptr(delta.addr(dev)?),
-            Arg::Ptr(dk.addr_mut(dev)?),
-            Arg::Ptr(dv.addr_mut(dev)?),
-        ];
-        args.extend(layout_t);
-        args.extend(tail(max_blocks_t));
-        let cfg = LaunchConfig {
-            shared_bytes: smem_dkdv,
-            ..attention_grid(dev, n_kb, s.heads_kv, s.batch, threads)?
-        };
-        // SAFETY: `args` follows `attn_bwd_dkdv_<kind>_<T>_d<D>`'s parameter list; q, k, v, d_o,
-        // lse, dk, dv have the lengths of `p`'s shape (checked by the caller), `delta` one
-        // float per query row; the layout pointers are null (dense) or the transposed layout's
-        // counts [B, Hq, nKB] and indices [B, Hq, nKB, max_blocks_t], validated against `p`
-        // (ascending query-block indices < nQB). One block per (key block, kv head, batch)
-        // writes only its own rows of dk and dv; outputs are borrowed mutably (no aliasing).
-        unsafe {
-            dev.launch(
-                &kernel_name::<T>(&format!("attn_bwd_dkdv_{kind}"), d),
-                &cfg,
-                &args,
-            )?;
+    // 2. dK, dV per key block, and 3. dQ per query block: the same inputs (q, k, v, dO, LSE,
+    // Δ), then the pass's outputs, its layout and the shared shape arguments.
+    let inputs = [
+        Arg::Ptr(q.addr(dev)?),
+        Arg::Ptr(k.addr(dev)?),
+        Arg::Ptr(v.addr(dev)?),
+        Arg::Ptr(d_o.addr(dev)?),
+        Arg::Ptr(lse.addr(dev)?),
+        Arg::Ptr(delta.addr(dev)?),
+    ];
+    let pass = |name: &str,
+                outputs: &[Arg],
+                (layout, max_blocks): ([Arg; 2], usize),
+                (blocks, heads, shared_bytes): (usize, usize, u32)|
+     -> Result<()> {
+        if blocks == 0 {
+            return Ok(());
         }
-    }
-
-    // 3. dQ per query block (rows with no visible key get 0).
-    if n_qb > 0 {
-        let mut args = vec![
-            Arg::Ptr(q.addr(dev)?),
-            Arg::Ptr(k.addr(dev)?),
-            Arg::Ptr(v.addr(dev)?),
-            Arg::Ptr(d_o.addr(dev)?),
-            Arg::Ptr(lse.addr(dev)?),
-            Arg::Ptr(delta.addr(dev)?),
-            Arg::Ptr(dq.addr_mut(dev)?),
-        ];
+        let mut args = inputs.to_vec();
+        args.extend_from_slice(outputs);
         args.extend(layout);
-        args.extend(tail(max_blocks));
+        args.push(Arg::I32(max_blocks as i32));
+        args.extend(attention_shape_args(p));
         let cfg = LaunchConfig {
-            shared_bytes: smem_dq,
-            ..attention_grid(dev, n_qb, s.heads_q, s.batch, threads)?
+            shared_bytes,
+            ..attention_grid(dev, blocks, heads, s.batch, threads)?
         };
-        // SAFETY: as above for `attn_bwd_dq_<kind>_<T>_d<D>`, with the forward layout's counts
-        // [B, Hq, nQB] and indices [B, Hq, nQB, max_blocks] (ascending key-block indices
-        // < nKB); one block per (query block, query head, batch) writes only its rows of dq.
-        // `delta` lives until this function returns, after both launches are queued (cudarc
-        // frees in stream order; the emulator has finished by then).
-        unsafe {
-            dev.launch(
-                &kernel_name::<T>(&format!("attn_bwd_dq_{kind}"), d),
-                &cfg,
-                &args,
-            )?;
-        }
-    }
+        // SAFETY: `args` follows the parameter list of `attn_bwd_dkdv_<kind>_<T>_d<D>` (outputs
+        // dk, dv; the transposed layout) and `attn_bwd_dq_<kind>_<T>_d<D>` (output dq; the
+        // forward layout) alike. q, k, v, d_o, lse, dq, dk, dv have the lengths of `p`'s shape
+        // (checked by the caller), `delta` one float per query row. The layout pointers are
+        // null (dense) or a layout validated against `p`: counts [B, Hq, n] and indices
+        // [B, Hq, n, max_blocks] with ascending block indices in range, n = nKB for the
+        // transposed layout (dK/dV), nQB for the forward one (dQ). One block per (block, head,
+        // batch) writes only its own rows of the outputs, which are borrowed mutably (no
+        // aliasing). `delta` lives until `backward` returns, after both launches are queued
+        // (cudarc frees in stream order; the emulator has finished by then).
+        unsafe { dev.launch(&kernel_name::<T>(name, d), &cfg, &args) }
+    };
+    // dK/dV: every key block is written, also with no query rows (then zeros).
+    pass(
+        &format!("attn_bwd_dkdv_{kind}"),
+        &[Arg::Ptr(dk.addr_mut(dev)?), Arg::Ptr(dv.addr_mut(dev)?)],
+        (layout_t, max_blocks_t),
+        (s.k_blocks(), s.heads_kv, smem_dkdv),
+    )?;
+    // dQ: rows with no visible key get 0.
+    pass(
+        &format!("attn_bwd_dq_{kind}"),
+        &[Arg::Ptr(dq.addr_mut(dev)?)],
+        (layout, max_blocks),
+        (s.q_blocks(), s.heads_q, smem_dq),
+    )?;
     Ok(())
 }

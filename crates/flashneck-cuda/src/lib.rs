@@ -31,9 +31,9 @@ pub use memory::CudaBuffer;
 
 use device::{Device, RealDevice};
 use flashneck_core::{
-    AttentionOps, AttentionParams, Backend, BackendInfo, DType, DeviceLayout, Element, Error,
-    GrKanOps, GrKanParams, GumbelOps, GumbelParams, HeadDims, OpKind, Result, Scalar,
-    SparseAttentionOps, SparseEpilogue, TopkParams, checks,
+    AttentionOps, AttentionParams, Backend, BackendInfo, DType, DeviceBuffer, DeviceLayout,
+    Element, Error, GrKanOps, GrKanParams, GumbelOps, GumbelParams, HeadDims, OpKind, Result,
+    Scalar, SparseAttentionOps, SparseEpilogue, TopkParams, checks,
 };
 
 /// The CUDA backend on one device, real or emulated.
@@ -161,6 +161,7 @@ impl AttentionOps for CudaBackend {
         o: &mut CudaBuffer<T>,
         lse: &mut CudaBuffer<f32>,
     ) -> Result<()> {
+        checks::attention_forward(p, q, k, v, o, lse)?;
         attention::forward(&self.device, p, q, k, v, o, lse)
     }
 
@@ -194,6 +195,7 @@ impl SparseAttentionOps for CudaBackend {
         o: &mut CudaBuffer<T>,
         lse: &mut CudaBuffer<f32>,
     ) -> Result<()> {
+        checks::sparse_forward(p, layout, q, k, v, &epilogue, o, lse)?;
         attention::sparse_forward(&self.device, p, layout, q, k, v, epilogue, o, lse)
     }
 
@@ -236,6 +238,7 @@ impl SparseAttentionOps for CudaBackend {
         q: &CudaBuffer<T>,
         k: &CudaBuffer<T>,
     ) -> Result<DeviceLayout<Self>> {
+        p.check_topk(topk, q.len(), k.len())?;
         attention::block_topk(&self.device, p, topk, q, k)
     }
 }
@@ -249,6 +252,7 @@ impl GrKanOps for CudaBackend {
         b: &CudaBuffer<f32>,
         y: &mut CudaBuffer<T>,
     ) -> Result<()> {
+        checks::grkan_forward(p, x, a, b, y)?;
         grkan::forward(&self.device, p, x, a, b, y)
     }
 
@@ -263,6 +267,7 @@ impl GrKanOps for CudaBackend {
         da: &mut CudaBuffer<f32>,
         db: &mut CudaBuffer<f32>,
     ) -> Result<()> {
+        checks::grkan_backward(p, x, a, b, dy, dx, da, db)?;
         grkan::backward(&self.device, p, x, a, b, dy, dx, da, db)
     }
 }
@@ -275,6 +280,7 @@ impl GumbelOps for CudaBackend {
         y: &mut CudaBuffer<T>,
         y_soft: Option<&mut CudaBuffer<f32>>,
     ) -> Result<()> {
+        checks::gumbel_forward(p, logits, y, y_soft.as_deref())?;
         gumbel::forward(&self.device, p, logits, y, y_soft)
     }
 
@@ -285,6 +291,7 @@ impl GumbelOps for CudaBackend {
         dy: &CudaBuffer<T>,
         dlogits: &mut CudaBuffer<T>,
     ) -> Result<()> {
+        checks::gumbel_backward(p, y_soft, dy, dlogits)?;
         gumbel::backward(&self.device, p, y_soft, dy, dlogits)
     }
 
