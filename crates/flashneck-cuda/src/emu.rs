@@ -146,10 +146,29 @@ pub enum Schedule {
     ReverseRunAhead,
 }
 
-/// Sets the schedule of every later launch in this process; `None` restores the default (env
-/// `FLASHNECK_EMU_SCHEDULE=reverse|run-ahead|reverse-run-ahead`, else forward). A correct kernel
-/// gives the same results in every schedule.
-pub fn set_schedule(schedule: Option<Schedule>) {
+/// Runs `f` with every launch in this process under `schedule`, then restores the default (env
+/// `FLASHNECK_EMU_SCHEDULE=reverse|run-ahead|reverse-run-ahead`, else forward), also when `f`
+/// panics. The schedule is one setting for the whole process, so calls hold a lock: two tests
+/// running in parallel threads cannot reset each other's schedule between its setting and its
+/// launches. (Launches outside `with_schedule` meanwhile run under it too, which a correct
+/// kernel does not notice: it gives the same results in every schedule.)
+pub fn with_schedule<R>(schedule: Schedule, f: impl FnOnce() -> R) -> R {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    /// Restores the default schedule when dropped.
+    struct Restore;
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            set_schedule(None);
+        }
+    }
+    // A test that panicked inside `f` poisons the lock; the schedule is restored all the same.
+    let _held = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    set_schedule(Some(schedule));
+    let _restore = Restore;
+    f()
+}
+
+fn set_schedule(schedule: Option<Schedule>) {
     let order = match schedule {
         None => -1,
         Some(Schedule::Forward) => 0,

@@ -317,12 +317,7 @@ fn schedules<T: Element>() {
         let layout = random_layout(&sparse, &mut rng);
         for (p, l) in [(&dense, None), (&sparse, Some(&layout))] {
             let case = Case::<T>::random(p, l, &mut rng);
-            let run = |schedule| {
-                emu::set_schedule(Some(schedule));
-                let out = case.cuda(&b, p, l);
-                emu::set_schedule(None);
-                out
-            };
+            let run = |schedule| emu::with_schedule(schedule, || case.cuda(&b, p, l));
             let first = run(SCHEDULES[0]);
             case.assert_matches_oracle(p, l, &first, seed);
             for schedule in &SCHEDULES[1..] {

@@ -960,17 +960,15 @@ fn reverse_schedule_exposes_a_missing_barrier() {
     let run = |schedule| {
         let mut out = vec![f32::NAN; 256];
         let (mut xp, mut op) = (x.as_ptr(), out.as_mut_ptr());
-        emu::set_schedule(Some(schedule));
         // SAFETY: each argument points at a local of the kernel's parameter type, and the buffers
         // they point at outlive the call and cover every element this launch reads or writes.
-        let result = unsafe {
+        let result = emu::with_schedule(schedule, || unsafe {
             emu::launch(
                 "emu_selftest_missing_barrier",
                 &cfg([1, 1, 1], [256, 1, 1], 0),
                 &mut args!(xp, op),
             )
-        };
-        emu::set_schedule(None);
+        });
         result.unwrap();
         out
     };
