@@ -40,7 +40,7 @@ impl Param {
 pub type NamedParams<'a> = Vec<(String, &'a mut Param)>;
 
 /// The error of a `backward` called without a saved forward.
-fn no_forward(layer: &'static str) -> Error {
+pub(crate) fn no_forward(layer: &'static str) -> Error {
     Error::bad(
         layer,
         "a forward pass before backward",
@@ -292,6 +292,7 @@ impl SelfAttention {
         batch: usize,
         len: usize,
     ) -> Result<Vec<f32>> {
+        check("attention x", x.len(), batch * len * self.wq.inp)?;
         let (hq, hkv, d) = (self.heads_q, self.heads_kv, self.head_dim);
         let shape = AttentionShape::gqa(batch, hq, hkv, len, len, d);
         let p = AttentionParams::new(shape);

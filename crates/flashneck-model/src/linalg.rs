@@ -7,10 +7,8 @@
 
 use flashneck_core::{Error, Result};
 
-/// `Err(ShapeMismatch)` unless `got == expected` (lengths in elements).
-pub fn check(arg: &'static str, got: usize, expected: usize) -> Result<()> {
-    flashneck_core::error::check_len(arg, got, expected)
-}
+/// `Err(ShapeMismatch)` unless `got == expected` (lengths in elements): core's check.
+pub use flashneck_core::error::check_len as check;
 
 /// Rows of a `[rows, cols]` matrix stored in `len` elements, or a shape error.
 pub fn rows_of(arg: &'static str, len: usize, cols: usize) -> Result<usize> {
@@ -169,19 +167,10 @@ pub fn split_heads(x: &[f32], batch: usize, len: usize, heads: usize, d: usize) 
     y
 }
 
-/// The inverse of [`split_heads`] (and its backward, since it is a permutation).
+/// The inverse of [`split_heads`] (and its backward, since it is a permutation):
+/// `[batch, heads, len, d]` is `split_heads`' input layout with `len` and `heads` swapped.
 pub fn merge_heads(x: &[f32], batch: usize, len: usize, heads: usize, d: usize) -> Vec<f32> {
-    let mut y = vec![0.0f32; x.len()];
-    for b in 0..batch {
-        for t in 0..len {
-            for h in 0..heads {
-                let dst = ((b * len + t) * heads + h) * d;
-                let src = ((b * heads + h) * len + t) * d;
-                y[dst..dst + d].copy_from_slice(&x[src..src + d]);
-            }
-        }
-    }
-    y
+    split_heads(x, batch, heads, len, d)
 }
 
 /// Mean over the sequence: `[batch, len, d]` to `[batch, d]`.

@@ -2,7 +2,7 @@
 //! LayerNorm → mean-pool → concept bottleneck → class logits.
 
 use crate::layers::{
-    AttentionMode, ConceptBottleneck, GrKanMlp, GumbelSample, LayerNorm, Linear, NamedParams,
+    self, AttentionMode, ConceptBottleneck, GrKanMlp, GumbelSample, LayerNorm, Linear, NamedParams,
     Selection, SelfAttention,
 };
 use crate::linalg::{self, check};
@@ -216,13 +216,10 @@ impl Model {
     /// Backpropagate `dlogits [batch, classes]` through the saved forward.
     pub fn backward<B: Kernels>(&mut self, backend: &B, dlogits: &[f32]) -> Result<()> {
         let c = self.cfg;
-        let batch = self.saved_batch.take().ok_or_else(|| {
-            Error::bad(
-                "model",
-                "a forward pass before backward",
-                "backward without a saved forward",
-            )
-        })?;
+        let batch = self
+            .saved_batch
+            .take()
+            .ok_or_else(|| layers::no_forward("model"))?;
         check("dlogits", dlogits.len(), batch * c.classes)?;
         let dpooled = self.bottleneck.backward(backend, dlogits)?;
         let dh = linalg::mean_pool_backward(&dpooled, batch, c.len, c.d_model);

@@ -135,18 +135,14 @@ fn same_loss_and_grads(
 /// sparse backward) gives the CPU's layout, loss and gradients.
 fn sparse_step_matches_cpu<B: Kernels>(b: &B) {
     let info = b.info();
-    for op in [
-        OpKind::BlockTopk,
-        OpKind::SparseForward,
-        OpKind::SparseBackward,
-    ] {
-        assert!(
-            info.supports(op, flashneck_core::DType::F32),
-            "{} must claim {}",
-            info.name,
-            op.name()
-        );
-    }
+    assert_claims(
+        &info,
+        &[
+            OpKind::BlockTopk,
+            OpKind::SparseForward,
+            OpKind::SparseBackward,
+        ],
+    );
     let (cfg, task) = sparse_setup();
     let (loss_ref, g_ref, layouts_ref) = grads_of(&CpuBackend::new(), cfg, &task, 2);
     let (loss, g, layouts) = grads_of(b, cfg, &task, 2);
@@ -161,20 +157,9 @@ fn sparse_step_matches_cpu<B: Kernels>(b: &B) {
     );
 }
 
-fn rel(x: f64, reference: f64) -> f64 {
-    (x - reference).abs() / reference.abs().max(1e-3)
-}
-
-fn matches_cpu<B: Kernels>(b: &B) {
-    let info = b.info();
-    for op in [
-        OpKind::AttentionForward,
-        OpKind::AttentionBackward,
-        OpKind::GrKanForward,
-        OpKind::GrKanBackward,
-        OpKind::GumbelForward,
-        OpKind::GumbelBackward,
-    ] {
+/// The backend claims each op in f32 (a backend that skipped one would test nothing here).
+fn assert_claims(info: &flashneck_core::BackendInfo, ops: &[OpKind]) {
+    for &op in ops {
         assert!(
             info.supports(op, flashneck_core::DType::F32),
             "{} must claim {}",
@@ -182,6 +167,25 @@ fn matches_cpu<B: Kernels>(b: &B) {
             op.name()
         );
     }
+}
+
+fn rel(x: f64, reference: f64) -> f64 {
+    (x - reference).abs() / reference.abs().max(1e-3)
+}
+
+fn matches_cpu<B: Kernels>(b: &B) {
+    let info = b.info();
+    assert_claims(
+        &info,
+        &[
+            OpKind::AttentionForward,
+            OpKind::AttentionBackward,
+            OpKind::GrKanForward,
+            OpKind::GrKanBackward,
+            OpKind::GumbelForward,
+            OpKind::GumbelBackward,
+        ],
+    );
     let cpu = CpuBackend::new();
 
     // One step: the loss and every gradient tensor.
