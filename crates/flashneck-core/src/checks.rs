@@ -7,7 +7,7 @@
 #[cfg(doc)]
 use crate::BlockLayout;
 use crate::backend::{Backend, DeviceBuffer, DeviceLayout, SparseEpilogue};
-use crate::{AttentionParams, Element, GrKanParams, GumbelParams, Result};
+use crate::{AttentionParams, Element, GrKanParams, GumbelParams, Result, TopkParams};
 
 /// `attention_forward`: parameters, and the lengths of `q, k, v, o, lse`.
 pub fn attention_forward(
@@ -19,6 +19,16 @@ pub fn attention_forward(
     lse: &impl DeviceBuffer,
 ) -> Result<()> {
     p.check_forward(q.len(), k.len(), v.len(), o.len(), lse.len())
+}
+
+/// `block_topk`: parameters, `topk`, and the lengths of `q` and `k`.
+pub fn block_topk(
+    p: &AttentionParams,
+    topk: &TopkParams,
+    q: &impl DeviceBuffer,
+    k: &impl DeviceBuffer,
+) -> Result<()> {
+    p.check_topk(topk, q.len(), k.len())
 }
 
 /// `attention_backward`: parameters, and every buffer's length.

@@ -234,7 +234,7 @@ impl SparseAttentionOps for CpuBackend {
         q: &CpuBuffer<T>,
         k: &CpuBuffer<T>,
     ) -> Result<DeviceLayout<Self>> {
-        p.check_topk(topk, q.len(), k.len())?;
+        checks::block_topk(p, topk, q, k)?;
         let layout = self.run(|| attention::block_topk(p, topk, &q.0, &k.0));
         self.upload_layout(&layout)
     }

@@ -31,9 +31,9 @@ pub use memory::CudaBuffer;
 
 use device::{Device, RealDevice};
 use flashneck_core::{
-    AttentionOps, AttentionParams, Backend, BackendInfo, DType, DeviceBuffer, DeviceLayout,
-    Element, Error, GrKanOps, GrKanParams, GumbelOps, GumbelParams, HeadDims, OpKind, Result,
-    Scalar, SparseAttentionOps, SparseEpilogue, TopkParams, checks,
+    AttentionOps, AttentionParams, Backend, BackendInfo, DType, DeviceLayout, Element, Error,
+    GrKanOps, GrKanParams, GumbelOps, GumbelParams, HeadDims, OpKind, Result, Scalar,
+    SparseAttentionOps, SparseEpilogue, TopkParams, checks,
 };
 
 /// The CUDA backend on one device, real or emulated.
@@ -238,7 +238,7 @@ impl SparseAttentionOps for CudaBackend {
         q: &CudaBuffer<T>,
         k: &CudaBuffer<T>,
     ) -> Result<DeviceLayout<Self>> {
-        p.check_topk(topk, q.len(), k.len())?;
+        checks::block_topk(p, topk, q, k)?;
         attention::block_topk(&self.device, p, topk, q, k)
     }
 }
