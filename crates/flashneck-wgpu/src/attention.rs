@@ -74,10 +74,12 @@ impl Params {
     }
 }
 
-/// Workgroup barriers one workgroup may run in one dispatch. lavapipe (llvmpipe) stops a
-/// workgroup of these kernels short, with no error, once it has run about a thousand barriers
-/// (measured on Mesa 22.3.6: ~970 fail, ~850 pass; `tests/lavapipe_long_workgroups.rs`), so the
-/// loops are cut into passes of at most this many, with a margin of more than 3x.
+/// Workgroup barriers one workgroup may run in one dispatch on a CPU adapter. lavapipe
+/// (llvmpipe) stops a workgroup of these kernels short, with no error, once it has run about a
+/// thousand barriers (measured on Mesa 22.3.6: ~970 fail, ~850 pass;
+/// `tests/lavapipe_long_workgroups.rs`), so there the loops are cut into passes of at most this
+/// many, with a margin of more than 3x. GPU adapters run each loop in one pass (no such limit
+/// is known; the GPU check runs the conformance suite there).
 pub(crate) const MAX_BARRIERS_PER_PASS: u32 = 256;
 
 /// Which loop of attention.wgsl a launch runs (they differ in barriers per tile).
@@ -116,11 +118,13 @@ impl Loop {
 }
 
 /// The passes `(tile_begin, tile_end)` that cut `lp`'s loop so that no workgroup runs more
-/// than [`MAX_BARRIERS_PER_PASS`] barriers in one dispatch: one pass (`(0, u32::MAX)`) when the
-/// whole loop fits.
-pub(crate) fn passes(lp: Loop, s: &AttentionShape) -> Vec<(u32, u32)> {
-    let per_pass =
-        (MAX_BARRIERS_PER_PASS / lp.barriers_per_tile(s.head_dim, s.head_dim_v)).max(1) as usize;
+/// than `budget` barriers in one dispatch: one pass (`(0, u32::MAX)`) when the whole loop fits,
+/// or when there is no budget (a GPU adapter).
+pub(crate) fn passes(lp: Loop, s: &AttentionShape, budget: Option<u32>) -> Vec<(u32, u32)> {
+    let Some(budget) = budget else {
+        return vec![(0, u32::MAX)];
+    };
+    let per_pass = (budget / lp.barriers_per_tile(s.head_dim, s.head_dim_v)).max(1) as usize;
     let tiles = lp.max_tiles(s);
     if tiles <= per_pass {
         return vec![(0, u32::MAX)];
@@ -194,7 +198,7 @@ pub(crate) fn forward<T>(
     };
     prm.has_rho = u32::from(x.row_scale.is_some());
     prm.has_residual = u32::from(x.residual.is_some());
-    let passes = passes(Loop::Forward, s);
+    let passes = passes(Loop::Forward, s, be.barriers_per_pass);
     let state = state_buffer(be, &passes, s.lse_len() * (s.head_dim_v + 2))?;
     let binds = [
         (1, Bind::Read(q.raw())),
@@ -266,8 +270,8 @@ pub(crate) fn backward<T>(
         }
         None => (&stand_in, &stand_in, &stand_in, &stand_in),
     };
-    let dq_passes = passes(Loop::Dq, s);
-    let dkdv_passes = passes(Loop::DkDv, s);
+    let dq_passes = passes(Loop::Dq, s, be.barriers_per_pass);
+    let dkdv_passes = passes(Loop::DkDv, s, be.barriers_per_pass);
     let dq_state = state_buffer(be, &dq_passes, s.q_len())?;
     let dkdv_state = state_buffer(
         be,
@@ -439,7 +443,7 @@ mod tests {
                     for lp in [Loop::Forward, Loop::Dq, Loop::DkDv] {
                         let tiles = lp.max_tiles(&s) as u32;
                         let per_tile = lp.barriers_per_tile(d, dv);
-                        let ps = passes(lp, &s);
+                        let ps = passes(lp, &s, Some(MAX_BARRIERS_PER_PASS));
                         let mut next = 0;
                         for (n, &(begin, end)) in ps.iter().enumerate() {
                             assert_eq!(begin, next, "{lp:?} {s:?}: passes {ps:?}");
@@ -460,6 +464,11 @@ mod tests {
         // The shape of the brief: 147 dK/dV passes of 7 query tiles (231 barriers) each.
         let s = AttentionShape::gqa(1, 8, 1, 2048, 2048, 256);
         assert_eq!(Loop::DkDv.barriers_per_tile(256, 256), 33);
-        assert_eq!(passes(Loop::DkDv, &s).len(), 147);
+        assert_eq!(
+            passes(Loop::DkDv, &s, Some(MAX_BARRIERS_PER_PASS)).len(),
+            147
+        );
+        // No budget (a GPU adapter): one pass.
+        assert_eq!(passes(Loop::DkDv, &s, None), vec![(0, u32::MAX)]);
     }
 }

@@ -190,30 +190,48 @@ impl WgpuBackend {
     }
 
     /// Encode `launches` in order into one command buffer and submit it, inside error scopes.
+    /// Their parameter blocks share one uniform buffer, each at an offset aligned to the
+    /// device's `min_uniform_buffer_offset_alignment` (a multi-pass attention call makes dozens
+    /// of launches; one buffer instead of one each).
     pub(crate) fn run(&self, launches: &[Launch<'_>]) -> Result<()> {
+        // Uniform bindings must be a multiple of 16 bytes long.
+        let block = |l: &Launch<'_>| l.params.len().div_ceil(16).max(1) as u64 * 16;
+        let align = u64::from(self.limits.min_uniform_buffer_offset_alignment);
+        let stride = launches
+            .iter()
+            .map(block)
+            .max()
+            .unwrap_or(16)
+            .next_multiple_of(align);
+        let mut params = vec![0u8; (stride * launches.len().max(1) as u64) as usize];
+        for (i, l) in launches.iter().enumerate() {
+            let at = i * stride as usize;
+            params[at..at + l.params.len()].copy_from_slice(l.params);
+        }
         self.scoped(|| {
+            let uniform = self
+                .device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("params"),
+                    contents: &params,
+                    usage: wgpu::BufferUsages::UNIFORM,
+                });
             let mut encoder = self
                 .device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-            for l in launches {
+            for (i, l) in launches.iter().enumerate() {
                 if l.workgroups == 0 {
                     continue;
                 }
                 let (x, y) = self.grid(l.workgroups)?;
                 let pipeline = self.pipeline(l)?;
-                // Uniform buffers must be a multiple of 16 bytes long.
-                let mut params = l.params.to_vec();
-                params.resize(params.len().div_ceil(16).max(1) * 16, 0);
-                let uniform = self
-                    .device
-                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: Some("params"),
-                        contents: &params,
-                        usage: wgpu::BufferUsages::UNIFORM,
-                    });
                 let mut entries = vec![wgpu::BindGroupEntry {
                     binding: 0,
-                    resource: uniform.as_entire_binding(),
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &uniform,
+                        offset: i as u64 * stride,
+                        size: wgpu::BufferSize::new(block(l)),
+                    }),
                 }];
                 entries.extend(l.binds.iter().map(|(binding, b)| wgpu::BindGroupEntry {
                     binding: *binding,

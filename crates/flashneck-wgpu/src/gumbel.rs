@@ -2,8 +2,8 @@
 
 use crate::device::{Bind, Launch};
 use crate::shaders::Shader;
-use crate::{BACKEND, WgpuBackend, WgpuBuffer};
-use flashneck_core::{Backend, DType, Error, GumbelParams, Result};
+use crate::{WgpuBackend, WgpuBuffer};
+use flashneck_core::{Backend, DType, GumbelParams, Result};
 
 /// Threads per workgroup of the Gumbel kernels (the shader's `WG` override), but for rows
 /// longer than [`WIDE_ROW`].
@@ -86,22 +86,17 @@ impl Params {
         }
     }
 
-    fn of(p: &GumbelParams) -> Result<Self> {
-        // The shader indexes flat elements with u32 (the Philox counter's high word is 0).
-        if p.len() > u32::MAX as usize {
-            return Err(Error::unsupported(
-                BACKEND,
-                format!("{} elements: the WGSL kernels index below 2^32", p.len()),
-            ));
-        }
-        Ok(Params {
+    /// The shader indexes flat elements with u32 (the Philox counter's high word is 0): every
+    /// buffer passed the binding-size check (< 2^32 bytes), so the counts fit.
+    fn of(p: &GumbelParams) -> Self {
+        Params {
             rows: p.rows as u32,
             classes: p.classes as u32,
             hard: u32::from(p.hard),
             inv_tau: 1.0 / p.tau,
             elements: p.len() as u32,
             ..Params::new(p.seed, p.offset)
-        })
+        }
     }
 }
 
@@ -113,7 +108,7 @@ pub(crate) fn forward<T>(
     y: &mut WgpuBuffer<T>,
     y_soft: Option<&mut WgpuBuffer<f32>>,
 ) -> Result<()> {
-    let mut prm = Params::of(p)?;
+    let mut prm = Params::of(p);
     let launch = row_launch(p, "gumbel_forward", "gumbel_forward_rows");
     prm.write_soft = u32::from(y_soft.is_some());
     // Binding 3 (f32) holds the values of the quads past each thread's registers before
@@ -155,7 +150,7 @@ pub(crate) fn backward<T>(
     dy: &WgpuBuffer<T>,
     dlogits: &mut WgpuBuffer<T>,
 ) -> Result<()> {
-    let prm = Params::of(p)?;
+    let prm = Params::of(p);
     let launch = row_launch(p, "gumbel_backward", "gumbel_backward_rows");
     be.run(&[Launch {
         shader: Shader::Gumbel,
@@ -180,12 +175,8 @@ pub(crate) fn noise(
 ) -> Result<()> {
     let n = flashneck_core::DeviceBuffer::len(out);
     let mut prm = Params::new(seed, offset);
-    prm.elements = u32::try_from(n).map_err(|_| {
-        Error::unsupported(
-            BACKEND,
-            format!("{n} elements: the WGSL kernels index below 2^32"),
-        )
-    })?;
+    // `out` passed the binding-size check (< 2^32 bytes).
+    prm.elements = n as u32;
     be.run(&[Launch {
         shader: Shader::Gumbel,
         entry: "gumbel_noise",

@@ -116,6 +116,9 @@ pub struct WgpuBackend {
     f16_storage: bool,
     /// Row reductions use subgroup operations (`SUBGROUP` and [`Options::subgroups`]).
     subgroups: bool,
+    /// Workgroup barriers one attention dispatch may run (`attention::passes`): bounded on CPU
+    /// adapters, whose llvmpipe stops long workgroups short; `None` (one pass) on GPUs.
+    barriers_per_pass: Option<u32>,
     pipelines: Arc<Mutex<device::PipelineCache>>,
     fault: Fault,
 }
@@ -182,6 +185,8 @@ impl WgpuBackend {
             record(&f, format!("device lost ({reason:?}): {msg}"))
         });
 
+        let barriers_per_pass = (adapter_info.device_type == wgpu::DeviceType::Cpu)
+            .then_some(attention::MAX_BARRIERS_PER_PASS);
         Ok(WgpuBackend {
             adapter_info,
             device,
@@ -190,6 +195,7 @@ impl WgpuBackend {
             features,
             f16_storage: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
+            barriers_per_pass,
             pipelines: Arc::new(Mutex::new(HashMap::new())),
             fault,
         })
@@ -304,7 +310,9 @@ impl WgpuBackend {
     }
 
     /// Check that a buffer of `len` elements in `storage` can be created and bound as storage;
-    /// its size in bytes (a whole number of words, at least one).
+    /// its size in bytes (a whole number of words, at least one). Also below 2^32 bytes on
+    /// every adapter (Metal reports larger binding sizes): the kernels index elements and pass
+    /// sizes in u32, which this one check makes safe for every op.
     fn check_size(&self, len: usize, storage: Storage) -> Result<u64> {
         let bytes = (len.max(1) as u64)
             .saturating_mul(storage.bytes())
@@ -312,7 +320,8 @@ impl WgpuBackend {
         let max = self
             .limits
             .max_storage_buffer_binding_size
-            .min(self.limits.max_buffer_size);
+            .min(self.limits.max_buffer_size)
+            .min(u64::from(u32::MAX) & !(WORD - 1));
         if bytes > max {
             return Err(Error::bad(
                 "len",
@@ -344,10 +353,17 @@ impl WgpuBackend {
                 mapped_at_creation: false,
             });
             if let Some(bytes) = contents.filter(|c| !c.is_empty()) {
-                // write_buffer takes whole words.
-                let mut padded = bytes.to_vec();
-                padded.resize(bytes.len().next_multiple_of(WORD as usize), 0);
-                self.queue.write_buffer(&b, 0, &padded);
+                // write_buffer takes whole words: the whole ones as they are, the last partial
+                // one padded with zeros.
+                let whole = bytes.len() - bytes.len() % WORD as usize;
+                if whole > 0 {
+                    self.queue.write_buffer(&b, 0, &bytes[..whole]);
+                }
+                if whole < bytes.len() {
+                    let mut last = [0u8; WORD as usize];
+                    last[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
+                    self.queue.write_buffer(&b, whole as u64, &last);
+                }
             }
             b
         })?;
@@ -582,7 +598,7 @@ impl SparseAttentionOps for WgpuBackend {
         q: &WgpuBuffer<T>,
         k: &WgpuBuffer<T>,
     ) -> Result<DeviceLayout<Self>> {
-        p.check_topk(topk, q.len(), k.len())?;
+        checks::block_topk(p, topk, q, k)?;
         attention::block_topk(self, p, topk, T::DTYPE, q, k)
     }
 }

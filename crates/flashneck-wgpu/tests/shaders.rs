@@ -12,6 +12,18 @@ use flashneck_wgpu::shaders::{
 
 const PLAIN: Variant = Variant::new(Storage::F32, false);
 
+/// Whether naga refuses `src` without any capability (so the validation that passed it used
+/// the variant's capabilities).
+fn refused_without_capabilities(src: &str) -> bool {
+    let module = naga::front::wgsl::parse_str(src).unwrap();
+    naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::default(),
+    )
+    .validate(&module)
+    .is_err()
+}
+
 #[test]
 fn every_shader_passes_naga_validation_in_every_variant() {
     for v in Variant::ALL {
@@ -35,16 +47,7 @@ fn subgroup_variant_uses_subgroup_operations() {
         assert!(!s.source(PLAIN).contains("subgroupAdd("), "{s}");
         if s.has_reductions() {
             // Without the capability naga refuses it: the validation above used it.
-            let module = naga::front::wgsl::parse_str(&src).unwrap();
-            assert!(
-                naga::valid::Validator::new(
-                    naga::valid::ValidationFlags::all(),
-                    naga::valid::Capabilities::default()
-                )
-                .validate(&module)
-                .is_err(),
-                "{s}"
-            );
+            assert!(refused_without_capabilities(&src), "{s}");
         }
     }
 }
@@ -85,16 +88,9 @@ fn f16_storage_declares_f16_tensors() {
         assert_eq!(f16_bindings, want, "{s}.wgsl");
     }
     // Without the capability the f16 variant is refused: the validation above used it.
-    let src = Shader::GrKan.source(Variant::new(Storage::F16, false));
-    let module = naga::front::wgsl::parse_str(&src).unwrap();
-    assert!(
-        naga::valid::Validator::new(
-            naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::default()
-        )
-        .validate(&module)
-        .is_err()
-    );
+    assert!(refused_without_capabilities(
+        &Shader::GrKan.source(Variant::new(Storage::F16, false))
+    ));
 }
 
 #[test]
