@@ -69,28 +69,6 @@ __device__ __forceinline__ att_blocks att_blocks_of(const unsigned* counts, cons
 }
 
 // ================================ f16 / bf16: tensor cores ======================================
-template <typename T>
-struct att_mma_ops;
-
-template <>
-struct att_mma_ops<fn_f16_t> {
-    static __device__ __forceinline__ void mma(float d[4], const unsigned a[4], const unsigned b[2]) {
-        fn_mma_m16n8k16_f16(d, a, b, d);
-    }
-};
-
-template <>
-struct att_mma_ops<fn_bf16_t> {
-    static __device__ __forceinline__ void mma(float d[4], const unsigned a[4], const unsigned b[2]) {
-        fn_mma_m16n8k16_bf16(d, a, b, d);
-    }
-};
-
-// Two floats rounded to T, the first in the low half (the mma fragment order).
-template <typename T>
-__device__ __forceinline__ unsigned att_pack(float lo, float hi) {
-    return (unsigned)fn_half<T>::from_f32(lo) | ((unsigned)fn_half<T>::from_f32(hi) << 16);
-}
 
 // Stage rows [row0, row0 + 64) of a [len, D] matrix into a 64 × (D + 8) shared tile with
 // 16-byte cp.async copies; rows past `len` are zero-filled (plain stores).
@@ -190,8 +168,8 @@ __device__ __forceinline__ void attention_fwd_mma(
                 fn_ldmatrix_x4(kf, ks + r * STRIDE + kk * 16 + ((lane >> 3) & 1) * 8);
                 const unsigned b0[2] = {kf[0], kf[1]};
                 const unsigned b1[2] = {kf[2], kf[3]};
-                att_mma_ops<T>::mma(s[2 * np], qf[kk], b0);
-                att_mma_ops<T>::mma(s[2 * np + 1], qf[kk], b1);
+                fn_mma<T>::run(s[2 * np], qf[kk], b0);
+                fn_mma<T>::run(s[2 * np + 1], qf[kk], b1);
             }
         }
         __syncthreads();  // every warp is done with K(it): stage K(it + 1)
@@ -252,10 +230,10 @@ __device__ __forceinline__ void attention_fwd_mma(
 #pragma unroll
         for (int kstep = 0; kstep < 4; ++kstep) {
             unsigned pf[4];
-            pf[0] = att_pack<T>(s[2 * kstep][0], s[2 * kstep][1]);
-            pf[1] = att_pack<T>(s[2 * kstep][2], s[2 * kstep][3]);
-            pf[2] = att_pack<T>(s[2 * kstep + 1][0], s[2 * kstep + 1][1]);
-            pf[3] = att_pack<T>(s[2 * kstep + 1][2], s[2 * kstep + 1][3]);
+            pf[0] = fn_pack2<T>(s[2 * kstep][0], s[2 * kstep][1]);
+            pf[1] = fn_pack2<T>(s[2 * kstep][2], s[2 * kstep][3]);
+            pf[2] = fn_pack2<T>(s[2 * kstep + 1][0], s[2 * kstep + 1][1]);
+            pf[3] = fn_pack2<T>(s[2 * kstep + 1][2], s[2 * kstep + 1][3]);
 #pragma unroll
             for (int dp = 0; dp < D / 16; ++dp) {
                 const int r = kstep * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
@@ -263,8 +241,8 @@ __device__ __forceinline__ void attention_fwd_mma(
                 fn_ldmatrix_x4_trans(vf, vs + r * STRIDE + dp * 16 + (lane >> 4) * 8);
                 const unsigned b0[2] = {vf[0], vf[1]};
                 const unsigned b1[2] = {vf[2], vf[3]};
-                att_mma_ops<T>::mma(oacc[2 * dp], pf, b0);
-                att_mma_ops<T>::mma(oacc[2 * dp + 1], pf, b1);
+                fn_mma<T>::run(oacc[2 * dp], pf, b0);
+                fn_mma<T>::run(oacc[2 * dp + 1], pf, b1);
             }
         }
         __syncthreads();  // every warp is done with V(it): stage V(it + 1)
@@ -299,7 +277,7 @@ __device__ __forceinline__ void attention_fwd_mma(
                 o0 += fn_half<T>::to_f32((unsigned short)(rw & 0xffffu));
                 o1 += fn_half<T>::to_f32((unsigned short)(rw >> 16));
             }
-            *reinterpret_cast<unsigned*>(o + at) = att_pack<T>(o0, o1);
+            *reinterpret_cast<unsigned*>(o + at) = fn_pack2<T>(o0, o1);
         }
     }
 }

@@ -376,26 +376,6 @@ FLASHNECK_EXPORT(attn_bwd_dq_simt_f32_d128)
 //            the element type (the accumulator layout of two n-tiles is the A layout of one
 //            k-step), B = streamed rows (ldmatrix.trans).
 
-template <typename Tag>
-struct attn_bwd_mma_op;
-template <>
-struct attn_bwd_mma_op<fn_f16_t> {
-    static __device__ __forceinline__ void run(float* acc, const unsigned* a, const unsigned* b) {
-        fn_mma_m16n8k16_f16(acc, a, b, acc);
-    }
-};
-template <>
-struct attn_bwd_mma_op<fn_bf16_t> {
-    static __device__ __forceinline__ void run(float* acc, const unsigned* a, const unsigned* b) {
-        fn_mma_m16n8k16_bf16(acc, a, b, acc);
-    }
-};
-
-// Two floats as two halves in one register, the first in the low 16 bits.
-template <typename Tag>
-__device__ __forceinline__ unsigned attn_bwd_pack(float lo, float hi) {
-    return (unsigned)fn_half<Tag>::from_f32(lo) | ((unsigned)fn_half<Tag>::from_f32(hi) << 16);
-}
 
 template <int D>
 struct attn_bwd_mma_dims {
@@ -460,10 +440,10 @@ __device__ __forceinline__ void attn_bwd_mma_scores(const unsigned short* own, c
             unsigned b[4], b2[4];
             attn_bwd_ld_b_rows<D>(b, st, 2 * np, kk);
             attn_bwd_ld_b_rows<D>(b2, st2, 2 * np, kk);
-            attn_bwd_mma_op<Tag>::run(sa[2 * np], a, b);
-            attn_bwd_mma_op<Tag>::run(sa[2 * np + 1], a, b + 2);
-            attn_bwd_mma_op<Tag>::run(pa[2 * np], a2, b2);
-            attn_bwd_mma_op<Tag>::run(pa[2 * np + 1], a2, b2 + 2);
+            fn_mma<Tag>::run(sa[2 * np], a, b);
+            fn_mma<Tag>::run(sa[2 * np + 1], a, b + 2);
+            fn_mma<Tag>::run(pa[2 * np], a2, b2);
+            fn_mma<Tag>::run(pa[2 * np + 1], a2, b2 + 2);
         }
     }
 }
@@ -471,10 +451,10 @@ __device__ __forceinline__ void attn_bwd_mma_scores(const unsigned short* own, c
 // The A fragment of k-step kq of a score-shaped accumulator, rounded to the element type.
 template <typename Tag, int NT>
 __device__ __forceinline__ void attn_bwd_mma_a_from(unsigned (&a)[4], const float (&x)[NT][4], int kq) {
-    a[0] = attn_bwd_pack<Tag>(x[2 * kq][0], x[2 * kq][1]);
-    a[1] = attn_bwd_pack<Tag>(x[2 * kq][2], x[2 * kq][3]);
-    a[2] = attn_bwd_pack<Tag>(x[2 * kq + 1][0], x[2 * kq + 1][1]);
-    a[3] = attn_bwd_pack<Tag>(x[2 * kq + 1][2], x[2 * kq + 1][3]);
+    a[0] = fn_pack2<Tag>(x[2 * kq][0], x[2 * kq][1]);
+    a[1] = fn_pack2<Tag>(x[2 * kq][2], x[2 * kq][3]);
+    a[2] = fn_pack2<Tag>(x[2 * kq + 1][0], x[2 * kq + 1][1]);
+    a[3] = fn_pack2<Tag>(x[2 * kq + 1][2], x[2 * kq + 1][3]);
 }
 
 // Rows row_lo and row_lo + 8 of a warp's (16 × D) accumulator, times mul, to out[row][0..D).
@@ -487,10 +467,10 @@ __device__ __forceinline__ void attn_bwd_mma_store(unsigned short* __restrict__ 
         const int col = nt * 8 + 2 * t;
         if (ok_lo)
             *reinterpret_cast<unsigned*>(out + row_lo * D + col) =
-                attn_bwd_pack<Tag>(mul * acc[nt][0], mul * acc[nt][1]);
+                fn_pack2<Tag>(mul * acc[nt][0], mul * acc[nt][1]);
         if (ok_hi)
             *reinterpret_cast<unsigned*>(out + (row_lo + 8) * D + col) =
-                attn_bwd_pack<Tag>(mul * acc[nt][2], mul * acc[nt][3]);
+                fn_pack2<Tag>(mul * acc[nt][2], mul * acc[nt][3]);
     }
 }
 
@@ -572,10 +552,10 @@ __device__ __forceinline__ void attn_bwd_dkdv_mma(
                         unsigned bo[4], bq[4];
                         attn_bwd_ld_b_cols<D>(bo, sdo, kq, 2 * np);
                         attn_bwd_ld_b_cols<D>(bq, sq, kq, 2 * np);
-                        attn_bwd_mma_op<Tag>::run(dva[2 * np], ap, bo);
-                        attn_bwd_mma_op<Tag>::run(dva[2 * np + 1], ap, bo + 2);
-                        attn_bwd_mma_op<Tag>::run(dka[2 * np], ad, bq);
-                        attn_bwd_mma_op<Tag>::run(dka[2 * np + 1], ad, bq + 2);
+                        fn_mma<Tag>::run(dva[2 * np], ap, bo);
+                        fn_mma<Tag>::run(dva[2 * np + 1], ap, bo + 2);
+                        fn_mma<Tag>::run(dka[2 * np], ad, bq);
+                        fn_mma<Tag>::run(dka[2 * np + 1], ad, bq + 2);
                     }
                 }
             }
@@ -647,8 +627,8 @@ __device__ __forceinline__ void attn_bwd_dq_mma(
                 for (int np = 0; np < D / 16; ++np) {
                     unsigned bk[4];
                     attn_bwd_ld_b_cols<D>(bk, sk, kq, 2 * np);
-                    attn_bwd_mma_op<Tag>::run(dqa[2 * np], ad, bk);
-                    attn_bwd_mma_op<Tag>::run(dqa[2 * np + 1], ad, bk + 2);
+                    fn_mma<Tag>::run(dqa[2 * np], ad, bk);
+                    fn_mma<Tag>::run(dqa[2 * np + 1], ad, bk + 2);
                 }
             }
         }

@@ -174,6 +174,13 @@ struct fn_half<fn_bf16_t> {
     static __device__ __forceinline__ unsigned short from_f32(float f) { return fn_f2bf(f); }
 };
 
+// Two floats rounded to half type Tag in one word, the first in the low 16 bits (memory order,
+// and the order of an mma fragment's pair).
+template <typename Tag>
+__device__ __forceinline__ unsigned fn_pack2(float lo, float hi) {
+    return (unsigned)fn_half<Tag>::from_f32(lo) | ((unsigned)fn_half<Tag>::from_f32(hi) << 16);
+}
+
 // ---- vector access: N consecutive elements in one load or store -------------------------------
 // fn_vec<S, N>::load(p, v) reads p[0..N) into float v[N] with one vector load, store writes them
 // back converted to S; p must be aligned to the vector's size (N * sizeof(storage)). Provided:
@@ -246,9 +253,7 @@ struct fn_vec_half {
     static __device__ __forceinline__ void store(unsigned short* p, const float* v) {
         unsigned w[VN / 2];
 #pragma unroll
-        for (int i = 0; i < VN / 2; ++i)
-            w[i] = (unsigned)fn_half<Tag>::from_f32(v[2 * i]) |
-                   ((unsigned)fn_half<Tag>::from_f32(v[2 * i + 1]) << 16);
+        for (int i = 0; i < VN / 2; ++i) w[i] = fn_pack2<Tag>(v[2 * i], v[2 * i + 1]);
         fn_words<VN / 2>::store(p, w);
     }
 };
@@ -337,6 +342,22 @@ __device__ __forceinline__ void fn_mma_m16n8k16_bf16(float d[4], const unsigned 
 }
 
 #endif
+
+// acc += a · b (m16n8k16, f32 accumulators) for half type Tag: the f16 or bf16 instruction.
+template <typename Tag>
+struct fn_mma;
+template <>
+struct fn_mma<fn_f16_t> {
+    static __device__ __forceinline__ void run(float* acc, const unsigned* a, const unsigned* b) {
+        fn_mma_m16n8k16_f16(acc, a, b, acc);
+    }
+};
+template <>
+struct fn_mma<fn_bf16_t> {
+    static __device__ __forceinline__ void run(float* acc, const unsigned* a, const unsigned* b) {
+        fn_mma_m16n8k16_bf16(acc, a, b, acc);
+    }
+};
 
 // ---- ldmatrix.sync.aligned.m8n8.x4.shared.b16 [.trans] ---------------------------------------
 // Lanes 8i..8i+7 pass the (16-byte aligned) shared-memory addresses of the 8 rows of matrix i
