@@ -109,8 +109,14 @@ pub(crate) fn attention_grid(
     })
 }
 
+/// Whether the tensor-core kernels serve element type `T` (f16, bf16); f32 takes the SIMT
+/// ones (SPEC's f32 tolerance excludes tf32), forward and backward alike.
+pub(crate) fn uses_mma<T: Element>() -> bool {
+    T::DTYPE != DType::F32
+}
+
 fn forward_threads<T: Element>() -> u32 {
-    if T::DTYPE == DType::F32 {
+    if !uses_mma::<T>() {
         FORWARD_THREADS_F32
     } else {
         FORWARD_THREADS_MMA
@@ -139,19 +145,14 @@ pub(crate) fn layout_args(
     }
 }
 
-/// The layout and epilogue inputs of one forward launch; all `None` for dense attention.
-struct SparseInputs<'a, T: Element> {
-    layout: Option<&'a DeviceLayout<CudaBackend>>,
-    row_scale: Option<&'a CudaBuffer<f32>>,
-    residual: Option<&'a CudaBuffer<T>>,
-}
-
-/// The shared launch of dense and sparse forward (lengths already checked by the caller).
+/// The shared launch of dense (`layout` None, no epilogue) and sparse forward (lengths already
+/// checked by the caller).
 #[allow(clippy::too_many_arguments)]
 fn launch_forward<T: Element>(
     dev: &Device,
     p: &AttentionParams,
-    sparse: SparseInputs<'_, T>,
+    layout: Option<&DeviceLayout<CudaBackend>>,
+    epilogue: SparseEpilogue<'_, CudaBackend, T>,
     q: &CudaBuffer<T>,
     k: &CudaBuffer<T>,
     v: &CudaBuffer<T>,
@@ -163,12 +164,12 @@ fn launch_forward<T: Element>(
     if s.batch == 0 || s.len_q == 0 {
         return Ok(());
     }
-    let ([counts, indices], max_blocks) = layout_args(dev, sparse.layout)?;
-    let row_scale = match sparse.row_scale {
+    let ([counts, indices], max_blocks) = layout_args(dev, layout)?;
+    let row_scale = match epilogue.row_scale {
         Some(b) => b.addr(dev)?,
         None => 0,
     };
-    let residual = match sparse.residual {
+    let residual = match epilogue.residual {
         Some(b) => b.addr(dev)?,
         None => 0,
     };
@@ -211,12 +212,7 @@ pub(crate) fn forward<T: Element>(
     o: &mut CudaBuffer<T>,
     lse: &mut CudaBuffer<f32>,
 ) -> Result<()> {
-    let dense = SparseInputs {
-        layout: None,
-        row_scale: None,
-        residual: None,
-    };
-    launch_forward(dev, p, dense, q, k, v, o, lse)
+    launch_forward(dev, p, None, SparseEpilogue::none(), q, k, v, o, lse)
 }
 
 /// Sparse forward over `layout` with the optional epilogue `o ← ρ·o + R` (SPEC §2).
@@ -232,12 +228,7 @@ pub(crate) fn sparse_forward<T: Element>(
     o: &mut CudaBuffer<T>,
     lse: &mut CudaBuffer<f32>,
 ) -> Result<()> {
-    let sparse = SparseInputs {
-        layout: Some(layout),
-        row_scale: epilogue.row_scale,
-        residual: epilogue.residual,
-    };
-    launch_forward(dev, p, sparse, q, k, v, o, lse)
+    launch_forward(dev, p, Some(layout), epilogue, q, k, v, o, lse)
 }
 
 /// Block means of `x [heads, len, dim]` into `means [heads, ceil(len/64), dim]` (topk_pool).

@@ -16,12 +16,12 @@
 //! `attention::HEAD_DIMS`, checked by the shared `check_attention`, as are the 32-bit sizes.
 
 use crate::attention::{
-    attention_grid, attention_shape_args, check_attention, kernel_name, layout_args,
+    attention_grid, attention_shape_args, check_attention, kernel_name, layout_args, uses_mma,
 };
 use crate::device::{Arg, Device, LaunchConfig};
 use crate::memory::CudaBuffer;
 use crate::{CudaBackend, elem_suffix};
-use flashneck_core::{AttentionParams, BLOCK, DType, DeviceLayout, Element, Result};
+use flashneck_core::{AttentionParams, BLOCK, DeviceLayout, Element, Result};
 
 /// Threads of the SIMT kernels (`ATTN_BWD_THREADS`: 64 rows × 4).
 const SIMT_THREADS: u32 = 256;
@@ -32,11 +32,6 @@ const DELTA_ROWS: usize = 8;
 
 /// A layout and its transpose on the device (sparse), or none (dense).
 pub type Layouts<'a> = Option<(&'a DeviceLayout<CudaBackend>, &'a DeviceLayout<CudaBackend>)>;
-
-/// Whether the tensor-core kernels serve element type `T` (f16, bf16).
-fn uses_mma<T: Element>() -> bool {
-    T::DTYPE != DType::F32
-}
 
 /// Dynamic shared memory of the `dkdv` and `dq` kernels for head dim `d` (must match the .cu).
 fn shared_bytes<T: Element>(d: usize) -> (u32, u32) {
