@@ -20,8 +20,8 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 
 /// A random layout for `p`: each row keeps each key block with probability `density`
 /// (ascending by construction; rows may be empty; under causal, invisible blocks may be kept:
-/// the element mask must still hide them).
-fn random_layout(p: &AttentionParams, rng: &mut StdRng, density: f64) -> BlockLayout {
+/// the element mask must still hide them). Public for the backends' own fixed cases.
+pub fn random_layout(p: &AttentionParams, rng: &mut impl Rng, density: f64) -> BlockLayout {
     let s = &p.shape;
     let (nqb, nkb) = (s.q_blocks(), s.k_blocks());
     let lists: Vec<Vec<u32>> = (0..s.batch * s.heads_q * nqb)

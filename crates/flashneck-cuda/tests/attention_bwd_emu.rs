@@ -8,6 +8,7 @@
 //! compiled kernel are refused with `Unsupported` before any launch. The kernels give the same
 //! bits in each of the emulator's schedules, which shows a missing barrier (see [`SCHEDULES`]).
 
+use flashneck_conformance::sparse::random_layout;
 use flashneck_conformance::{assert_close, fresh_rng, nan_buffer, random_input};
 use flashneck_core::{
     AttentionOps, AttentionParams, AttentionShape, Backend, BlockLayout, Element, Error,
@@ -17,7 +18,7 @@ use flashneck_cpu::CpuBackend;
 use flashneck_cpu::oracle::attention as oracle;
 use flashneck_cuda::CudaBackend;
 use flashneck_cuda::emu::{self, Schedule};
-use rand::{Rng, rngs::StdRng};
+use rand::rngs::StdRng;
 
 /// `(o, lse)` of the CPU backend, dense or over `layout`.
 fn cpu_forward<T: Element>(
@@ -179,16 +180,6 @@ fn params(
     AttentionParams::new(AttentionShape::gqa(b, hq, hkv, lq, lk, d)).with_causal(causal)
 }
 
-/// A random layout: each query block keeps each key block with probability 1/2.
-fn random_layout(p: &AttentionParams, rng: &mut StdRng) -> BlockLayout {
-    let s = &p.shape;
-    let (nqb, nkb) = (s.q_blocks(), s.k_blocks());
-    let lists: Vec<Vec<u32>> = (0..s.batch * s.heads_q * nqb)
-        .map(|_| (0..nkb as u32).filter(|_| rng.gen_bool(0.5)).collect())
-        .collect();
-    BlockLayout::from_lists(s.batch, s.heads_q, nqb, nkb, &lists).unwrap()
-}
-
 /// Both head dims, dense and over a random layout: `Lq > Lk` causal (rows 0..Lq−Lk see no key)
 /// with GQA 2:1, and `Lq < Lk` causal over a random layout with GQA 4:1. Then the thin edges of
 /// the tiles, dense: one query row (a streamed query tile of one real row, the rest zero-padded)
@@ -199,7 +190,7 @@ fn cases<T: Element>() {
     for d in [64, 128] {
         check::<T>(&params(2, 4, 2, 150, 70, d, true), None, &mut rng, seed);
         let p = params(1, 4, 1, 100, 170, d, true);
-        let layout = random_layout(&p, &mut rng);
+        let layout = random_layout(&p, &mut rng, 0.5);
         check::<T>(&p, Some(&layout), &mut rng, seed);
         check::<T>(&params(1, 8, 1, 1, 130, d, true), None, &mut rng, seed);
         check::<T>(&params(1, 2, 1, 20, 5, d, true), None, &mut rng, seed);
@@ -314,7 +305,7 @@ fn schedules<T: Element>() {
     for d in [64, 128] {
         let dense = params(1, 4, 2, 150, 70, d, true);
         let sparse = params(1, 4, 1, 100, 170, d, true);
-        let layout = random_layout(&sparse, &mut rng);
+        let layout = random_layout(&sparse, &mut rng, 0.5);
         for (p, l) in [(&dense, None), (&sparse, Some(&layout))] {
             let case = Case::<T>::random(p, l, &mut rng);
             let run = |schedule| emu::with_schedule(schedule, || case.cuda(&b, p, l));

@@ -7,6 +7,7 @@
 mod common;
 
 use common::backend;
+use flashneck_conformance::sparse::random_layout;
 use flashneck_conformance::{assert_close, fresh_rng, nan_buffer, random_input};
 use flashneck_core::philox::{gumbel_noise_at, philox4x32_10};
 use flashneck_core::{
@@ -724,19 +725,6 @@ fn dense_attention_matches_oracle_halves() {
     }
 }
 
-/// A random layout: each (b, h, qb) keeps each key block with probability 1/2.
-fn random_layout(p: &AttentionParams, rng: &mut impl Rng) -> BlockLayout {
-    let s = &p.shape;
-    let lists: Vec<Vec<u32>> = (0..s.batch * s.heads_q * s.q_blocks())
-        .map(|_| {
-            (0..s.k_blocks() as u32)
-                .filter(|_| rng.gen_bool(0.5))
-                .collect()
-        })
-        .collect();
-    BlockLayout::from_lists(s.batch, s.heads_q, s.q_blocks(), s.k_blocks(), &lists).unwrap()
-}
-
 #[test]
 fn sparse_attention_matches_oracle() {
     let (mut rng, seed) = fresh_rng();
@@ -744,7 +732,7 @@ fn sparse_attention_matches_oracle() {
     shape.head_dim_v = 33;
     for causal in [false, true] {
         let p = AttentionParams::new(shape).with_causal(causal);
-        let layout = random_layout(&p, &mut rng);
+        let layout = random_layout(&p, &mut rng, 0.5);
         attention_case::<f32>(p, Some(&layout), seed);
     }
 }
@@ -755,7 +743,7 @@ fn sparse_epilogue_matches_oracle() {
     let (mut rng, seed) = fresh_rng();
     let p = AttentionParams::new(AttentionShape::gqa(2, 2, 1, 90, 140, 16)).with_causal(true);
     let s = p.shape;
-    let layout = random_layout(&p, &mut rng);
+    let layout = random_layout(&p, &mut rng, 0.5);
     let x = Qkv::<f32>::random(&p, &mut rng);
     let (rho, rho64) = random_input::<f32>(&mut rng, s.lse_len(), 1.0);
     let (res, res64) = random_input::<f32>(&mut rng, s.o_len(), 1.0);
