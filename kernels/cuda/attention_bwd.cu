@@ -42,21 +42,25 @@ struct attn_bwd_list {
     __device__ __forceinline__ int at(int n) const { return idx ? (int)idx[n] : first + n; }
 };
 
+// Row `row` of a layout (counts [rows], indices [rows, max_blocks]): its blocks in order.
+__device__ __forceinline__ attn_bwd_list attn_bwd_layout_row(const unsigned* counts, const unsigned* indices,
+                                                             int max_blocks, long long row) {
+    attn_bwd_list l;
+    l.idx = indices + row * max_blocks;
+    l.first = 0;
+    l.count = (int)counts[row];
+    return l;
+}
+
 // The query blocks that take part in key block kb for (batch, query head) row `bh`: the row
 // (bh, kb) of the transposed layout, or, dense, every query block holding a row that sees a key
 // of the block (all of them without causal).
 __device__ __forceinline__ attn_bwd_list attn_bwd_query_blocks(const unsigned* counts_t, const unsigned* indices_t,
                                                                int max_blocks_t, long long bh, int kb, int len_q,
                                                                int len_k, int causal) {
-    attn_bwd_list l;
     const int n_kb = (len_k + ATTN_BWD_BLOCK - 1) / ATTN_BWD_BLOCK;
-    if (counts_t) {
-        const long long row = bh * n_kb + kb;
-        l.idx = indices_t + row * max_blocks_t;
-        l.first = 0;
-        l.count = (int)counts_t[row];
-        return l;
-    }
+    if (counts_t) return attn_bwd_layout_row(counts_t, indices_t, max_blocks_t, bh * n_kb + kb);
+    attn_bwd_list l;
     l.idx = nullptr;
     // The first row that sees key kb·64: i >= kb·64 − Lk + Lq.
     long long first_row = causal ? (long long)kb * ATTN_BWD_BLOCK - len_k + len_q : 0;
@@ -76,15 +80,9 @@ __device__ __forceinline__ attn_bwd_list attn_bwd_query_blocks(const unsigned* c
 __device__ __forceinline__ attn_bwd_list attn_bwd_key_blocks(const unsigned* counts, const unsigned* indices,
                                                              int max_blocks, long long bh, int qb, int len_q,
                                                              int len_k, int causal) {
-    attn_bwd_list l;
     const int n_qb = (len_q + ATTN_BWD_BLOCK - 1) / ATTN_BWD_BLOCK;
-    if (counts) {
-        const long long row = bh * n_qb + qb;
-        l.idx = indices + row * max_blocks;
-        l.first = 0;
-        l.count = (int)counts[row];
-        return l;
-    }
+    if (counts) return attn_bwd_layout_row(counts, indices, max_blocks, bh * n_qb + qb);
+    attn_bwd_list l;
     l.idx = nullptr;
     l.first = 0;
     long long visible = len_k;
