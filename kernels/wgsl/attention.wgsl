@@ -1,18 +1,21 @@
 // Dense and block-sparse attention (SPEC §1, §2), FlashAttention-2 style.
 //
-// Every kernel works on tiles of 16 query rows by 16 keys with 64 threads: in the forward and
-// dQ kernels thread t owns query row t / 4 of the tile, in the dK/dV kernel key t / 4; its
-// lane t % 4 picks 4 of the tile's 16 columns of S, and the output columns l, l + 4, l + 8, ...
-// (at most 64 per thread, since D, Dv <= 256). Head dims are streamed through workgroup memory
-// in chunks of 64, so any D, Dv <= 256 fits in the same 10 KiB of workgroup memory.
+// The forward is register-tiled: 32 query rows by 64-key blocks, 128 threads, each holding a
+// 4 × 4 block of scores and 4 rows of output columns (see its section below). The backward
+// kernels work on tiles of 16 query rows by 16 keys with 64 threads: in the dQ kernel thread t
+// owns query row t / 4 of the tile, in the dK/dV kernel key t / 4; its lane t % 4 picks 4 of
+// the tile's 16 columns of S, and the output columns l, l + 4, l + 8, ... (at most 64 per
+// thread, since D, Dv <= 256). Head dims are streamed through workgroup memory in chunks (16
+// dims for the forward's S, 64 elsewhere), so any D, Dv <= 256 fits in the same workgroup
+// memory: 16 KiB for the forward, 10 KiB for the backward.
 //
 // Passes: lavapipe (llvmpipe) silently stops a workgroup short once it has run about a
 // thousand workgroup barriers in these loops (measured: ~970 fail, ~850 pass; docs/wgpu.md).
-// So the host bounds the barriers per workgroup: each kernel's loop over tiles (key tiles for
-// the forward and dQ, query tiles of the GQA group for dK/dV) is cut into passes of at most
-// `tile_end - tile_begin` tiles, one dispatch each, in order. A pass restores the loop's state
-// (the running max, sum and output accumulators; the dQ or dK/dV accumulators) from `state`,
-// runs its tiles, and saves the state again; the last pass writes the outputs instead. The
+// So the host bounds the barriers per workgroup: each kernel's loop over tiles (key blocks for
+// the forward, key tiles for dQ, query tiles of the GQA group for dK/dV) is cut into passes of
+// at most `tile_end - tile_begin` tiles, one dispatch each, in order. A pass restores the
+// loop's state (the running max, the partial sums and output accumulators; the dQ or dK/dV
+// accumulators) from `state`, runs its tiles, and saves the state again; the last pass writes the outputs instead. The
 // state is f32 and the tiles run in the same order as in a single pass, so the arithmetic is
 // the single pass's: no extra rounding, no reassociation, no atomics (deterministic).
 //
@@ -233,107 +236,351 @@ fn query_tile(w: u32) -> QueryTile {
 }
 
 // ---------------------------------------------------------------- forward
+//
+// The forward is register-tiled (the backward kernels below keep the 16 × 16 layout): a
+// workgroup of 128 threads owns FQ = 32 query rows of one head and walks its key blocks 64 keys
+// at a time. Thread t = 16 ty + tx holds, in registers, the 4 × 4 scores of rows 4 ty .. + 4 and
+// keys 4 tx .. + 4 of the current block, and the output accumulators of the same 4 rows at
+// columns 64 c + 4 tx .. + 4 of each 64-column chunk c of Dv (`acc0` .. `acc3`, one variable per
+// chunk so that every index is a constant; DV_CHUNKS = ceil(Dv / 64) is a pipeline constant).
+// Every product reads two vec4 from workgroup memory per 16 multiply-adds:
+//   S = Q Kᵀ   Q and K staged transposed, 16 head dims at a time (q_t[k][row quad],
+//              k_t[k][key quad]);
+//   max        each thread's 4 partial row maxima through `red`, so all 16 threads of a row
+//              share the row's running max m;
+//   P V        P stored transposed (p_t[key][row quad]); V staged 32 keys × 64 columns at a time.
+// Each thread keeps its own partial row sum (its 4 keys of every block, rescaled with the row's
+// max); the 16 partial sums of a row are added in a fixed order once, at the end, so passes and
+// single runs give the same bits. All of it fits in 16 KiB of workgroup memory (`fwd_smem`,
+// regions below; the regions staged for S and the max reuse the memory V is staged in).
 
-@compute @workgroup_size(64)
+const FQ: u32 = 32u;   // query rows per workgroup
+const FWG: u32 = 128u; // threads per workgroup: 8 row quads × 16 key (or column) quads
+const DK: u32 = 16u;   // head dims of Q and K staged per step of S
+
+// Number of 64-column chunks of Dv (1 ..= 4), fixed per pipeline by the host.
+override DV_CHUNKS: u32 = 1u;
+
+// Workgroup memory of the forward, in vec4: [0, 512) holds either q_t (128) + k_t (256) + red
+// (128), or v_s (32 keys × 16 column quads); [512, 1024) holds p_t (64 keys × 8 row quads).
+var<workgroup> fwd_smem: array<vec4<f32>, 1024>;
+const Q_T: u32 = 0u;
+const K_T: u32 = 128u;
+const RED: u32 = 384u;
+const V_S: u32 = 0u;
+const P_T: u32 = 512u;
+
+// q_t[k][rq] = Q[i0 + 4 rq + a][d0 + k], a < 4 (0 past Lq or D): one vec4 per thread.
+fn fwd_stage_q(base: u32, i0: u32, d0: u32, t: u32) {
+    let k = t % DK;
+    let rq = t / DK;
+    var quad = vec4<f32>(0.0);
+    if (d0 + k < p.head_dim) {
+        for (var a = 0u; a < 4u; a++) {
+            let i = i0 + 4u * rq + a;
+            if (i < p.len_q) {
+                quad[a] = q_ld(base + i * p.head_dim + d0 + k);
+            }
+        }
+    }
+    fwd_smem[Q_T + k * 8u + rq] = quad;
+}
+
+// k_t[k][kq] = K[j0 + 4 kq + c][d0 + k], c < 4 (0 past Lk or D): two vec4 per thread.
+fn fwd_stage_k(base: u32, j0: u32, d0: u32, t: u32) {
+    for (var n = 0u; n < 2u; n++) {
+        let idx = t + FWG * n;
+        let k = idx % DK;
+        let kq = idx / DK;
+        var quad = vec4<f32>(0.0);
+        if (d0 + k < p.head_dim) {
+            for (var c = 0u; c < 4u; c++) {
+                let j = j0 + 4u * kq + c;
+                if (j < p.len_k) {
+                    quad[c] = k_ld(base + j * p.head_dim + d0 + k);
+                }
+            }
+        }
+        fwd_smem[K_T + k * 16u + kq] = quad;
+    }
+}
+
+// v_s[j][cq] = V[j0 + j][c0 + 4 cq + e], e < 4, for 32 keys j (0 past Lk or Dv): four vec4 per
+// thread, consecutive threads reading consecutive columns.
+fn fwd_stage_v(base: u32, j0: u32, c0: u32, t: u32) {
+    for (var n = 0u; n < 4u; n++) {
+        let idx = t + FWG * n;
+        let cq = idx % 16u;
+        let j = j0 + idx / 16u;
+        var quad = vec4<f32>(0.0);
+        if (j < p.len_k) {
+            for (var e = 0u; e < 4u; e++) {
+                let col = c0 + 4u * cq + e;
+                if (col < p.head_dim_v) {
+                    quad[e] = v_ld(base + j * p.head_dim_v + col);
+                }
+            }
+        }
+        fwd_smem[V_S + idx] = quad;
+    }
+}
+
+// acc[a] += Σ_j P[4 ty + a][j] · V[j0 + j][64 c + 4 tx ..] over the block's 64 keys, for one
+// 64-column chunk c: V staged 32 keys at a time. Holds barriers: call in uniform control flow,
+// after p_t is written and a barrier.
+fn fwd_pv_chunk(acc: ptr<function, array<vec4<f32>, 4>>, c: u32, base: u32, j0: u32, t: u32) {
+    let ty = t / 16u;
+    let tx = t % 16u;
+    for (var h = 0u; h < 2u; h++) {
+        fwd_stage_v(base, j0 + 32u * h, 64u * c, t);
+        workgroupBarrier();
+        for (var j = 0u; j < 32u; j++) {
+            let pj = fwd_smem[P_T + (32u * h + j) * 8u + ty];
+            let vj = fwd_smem[V_S + j * 16u + tx];
+            (*acc)[0] = fma(vec4<f32>(pj.x), vj, (*acc)[0]);
+            (*acc)[1] = fma(vec4<f32>(pj.y), vj, (*acc)[1]);
+            (*acc)[2] = fma(vec4<f32>(pj.z), vj, (*acc)[2]);
+            (*acc)[3] = fma(vec4<f32>(pj.w), vj, (*acc)[3]);
+        }
+        workgroupBarrier();
+    }
+}
+
+fn fwd_rescale(acc: ptr<function, array<vec4<f32>, 4>>, alpha: vec4<f32>) {
+    (*acc)[0] *= alpha.x;
+    (*acc)[1] *= alpha.y;
+    (*acc)[2] *= alpha.z;
+    (*acc)[3] *= alpha.w;
+}
+
+// The state a pass carries per query row i of head bh: m, the 16 partial sums, acc[Dv].
+fn fwd_state(bh: u32, i: u32) -> u32 {
+    return (bh * p.len_q + i) * (p.head_dim_v + 17u);
+}
+
+// Save (save = true) or restore chunk c of the accumulators of rows i0 + 4 ty + a.
+fn fwd_carry(acc: ptr<function, array<vec4<f32>, 4>>, c: u32, save: bool, bh: u32, i0: u32,
+             t: u32) {
+    let ty = t / 16u;
+    let tx = t % 16u;
+    for (var a = 0u; a < 4u; a++) {
+        let i = i0 + 4u * ty + a;
+        if (i >= p.len_q) {
+            continue;
+        }
+        let st = fwd_state(bh, i) + 17u;
+        for (var e = 0u; e < 4u; e++) {
+            let col = 64u * c + 4u * tx + e;
+            if (col < p.head_dim_v) {
+                if (save) {
+                    state[st + col] = (*acc)[a][e];
+                } else {
+                    (*acc)[a][e] = state[st + col];
+                }
+            }
+        }
+    }
+}
+
+// Write O for chunk c of rows i0 + 4 ty + a: acc · inv · rho (+ residual), pairing the
+// thread's consecutive elements into the words it owns (packed bf16 stores whole words where
+// it can).
+fn fwd_store(acc: ptr<function, array<vec4<f32>, 4>>, c: u32, bh: u32, i0: u32, inv: vec4<f32>,
+             t: u32) {
+    let ty = t / 16u;
+    let tx = t % 16u;
+    let col = 64u * c + 4u * tx;
+    if (col >= p.head_dim_v) {
+        return;
+    }
+    for (var a = 0u; a < 4u; a++) {
+        let i = i0 + 4u * ty + a;
+        if (i >= p.len_q) {
+            continue;
+        }
+        let row = bh * p.len_q + i;
+        var f = inv[a];
+        if (p.has_rho == 1u) {
+            f *= rho[row];
+        }
+        let lo = row * p.head_dim_v + col;
+        let hi = lo + min(4u, p.head_dim_v - col);
+        var vals = (*acc)[a] * f;
+        if (p.has_residual == 1u) {
+            for (var e = 0u; e < hi - lo; e++) {
+                vals[e] += residual_ld(lo + e);
+            }
+        }
+        // Words w (even) overlapping [lo, hi): the thread owns element w when w >= lo, w + 1
+        // when w + 1 < hi.
+        for (var w = lo & ~1u; w < hi; w += 2u) {
+            let first = w >= lo;
+            let second = w + 1u < hi;
+            let v0 = select(0.0, vals[min(w - lo, 3u)], first);
+            let v1 = select(0.0, vals[min(w + 1u - lo, 3u)], second);
+            o_out_stp(w, first, second, v0, v1);
+        }
+    }
+}
+
+@compute @workgroup_size(128)
 fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_index) t: u32) {
+    let q_tiles = (p.len_q + FQ - 1u) / FQ;
     let w = flat_workgroup(wg, nwg);
-    if (w >= p.batch * p.heads_q * query_tiles()) {
+    if (w >= p.batch * p.heads_q * q_tiles) {
         return;
     }
-    let tile = query_tile(w);
-    let r = t / 4u;
-    let l = t % 4u;
-    let i = tile.i0 + r;
+    let bh = w / q_tiles;
+    let bkv = kv_head(bh);
+    let i0 = (w % q_tiles) * FQ;
+    let last_row = min(i0 + FQ, p.len_q) - 1u;
+    let ty = t / 16u;
+    let tx = t % 16u;
+    let q_base = bh * p.len_q * p.head_dim;
+    let k_base = bkv * p.len_k * p.head_dim;
+    let v_base = bkv * p.len_k * p.head_dim_v;
 
-    let row = tile.bh * p.len_q + i;
-    let st = row * (p.head_dim_v + 2u); // this row's state: m, sum, acc
-
-    var m = MASKED;       // running max of the row's visible scores
-    var sum = 0.0;        // running Σ exp(s − m)
-    var acc: array<f32, 64>; // output columns l + 4e, e < 64
-    for (var e = 0u; e < 64u; e++) {
-        acc[e] = 0.0;
-    }
-    if (p.tile_begin > 0u && i < p.len_q) {
-        m = state[st];
-        sum = state[st + 1u];
-        for (var col = l; col < p.head_dim_v; col += 4u) {
-            acc[col / 4u] = state[st + 2u + col];
+    // Per row a of the thread's 4: the running max of the row's visible scores (shared by the
+    // row's 16 threads) and this thread's partial Σ exp(s − m).
+    var m = vec4<f32>(MASKED);
+    var psum = vec4<f32>(0.0);
+    var acc0: array<vec4<f32>, 4>;
+    var acc1: array<vec4<f32>, 4>;
+    var acc2: array<vec4<f32>, 4>;
+    var acc3: array<vec4<f32>, 4>;
+    if (p.tile_begin > 0u) {
+        for (var a = 0u; a < 4u; a++) {
+            let i = i0 + 4u * ty + a;
+            if (i < p.len_q) {
+                m[a] = state[fwd_state(bh, i)];
+                psum[a] = state[fwd_state(bh, i) + 1u + tx];
+            }
         }
+        fwd_carry(&acc0, 0u, false, bh, i0, t);
+        if (DV_CHUNKS > 1u) { fwd_carry(&acc1, 1u, false, bh, i0, t); }
+        if (DV_CHUNKS > 2u) { fwd_carry(&acc2, 2u, false, bh, i0, t); }
+        if (DV_CHUNKS > 3u) { fwd_carry(&acc3, 3u, false, bh, i0, t); }
     }
-    let n_blocks = key_block_count(tile.bh, tile.qb, tile.last_row);
-    let vis_end = visible_keys(tile.last_row);
-    var it = 0u;
+
+    let n_blocks = key_block_count(bh, i0 / BLOCK, last_row);
     for (var n = 0u; n < n_blocks; n++) {
-        let kb = key_block(tile.bh, tile.qb, n);
-        for (var j0 = kb * BLOCK; j0 < min(kb * BLOCK + BLOCK, vis_end); j0 += T) {
-            it++;
-            if (!in_pass(it - 1u)) {
-                continue;
-            }
-            let s = row_scores(tile.bh, tile.bkv, tile.i0, j0, t);
-            tile_s[r][4u * l] = s.x;
-            tile_s[r][4u * l + 1u] = s.y;
-            tile_s[r][4u * l + 2u] = s.z;
-            tile_s[r][4u * l + 3u] = s.w;
+        if (!in_pass(n)) {
+            continue;
+        }
+        let j0 = key_block(bh, i0 / BLOCK, n) * BLOCK;
+
+        // s[a][c] = q_{4 ty + a} · k_{4 tx + c}.
+        var s: array<vec4<f32>, 4>;
+        for (var d0 = 0u; d0 < p.head_dim; d0 += DK) {
+            fwd_stage_q(q_base, i0, d0, t);
+            fwd_stage_k(k_base, j0, d0, t);
             workgroupBarrier();
-            // Online softmax: every thread of the row computes the same m, sum and p.
-            var m_tile = MASKED;
-            for (var jj = 0u; jj < T; jj++) {
-                m_tile = max(m_tile, tile_s[r][jj]);
+            for (var k = 0u; k < DK; k++) {
+                let qk = fwd_smem[Q_T + k * 8u + ty];
+                let kk = fwd_smem[K_T + k * 16u + tx];
+                s[0] = fma(vec4<f32>(qk.x), kk, s[0]);
+                s[1] = fma(vec4<f32>(qk.y), kk, s[1]);
+                s[2] = fma(vec4<f32>(qk.z), kk, s[2]);
+                s[3] = fma(vec4<f32>(qk.w), kk, s[3]);
             }
-            let m_new = max(m, m_tile);
-            var pr: array<f32, T>;
-            var alpha = 1.0;
-            if (m_new > MASKED) {
-                alpha = select(exp(m - m_new), 0.0, m == MASKED);
-                var tile_sum = 0.0;
-                for (var jj = 0u; jj < T; jj++) {
-                    let sj = tile_s[r][jj];
-                    pr[jj] = select(exp(sj - m_new), 0.0, sj == MASKED);
-                    tile_sum += pr[jj];
-                }
-                sum = sum * alpha + tile_sum;
-                m = m_new;
-            } else {
-                for (var jj = 0u; jj < T; jj++) {
-                    pr[jj] = 0.0;
-                }
+            workgroupBarrier();
+        }
+
+        // Scale and mask; the rows' maxima over the block through `red`.
+        var part = vec4<f32>(MASKED);
+        for (var a = 0u; a < 4u; a++) {
+            for (var c = 0u; c < 4u; c++) {
+                let sc = select(MASKED, p.scale * s[a][c],
+                                visible(i0 + 4u * ty + a, j0 + 4u * tx + c));
+                s[a][c] = sc;
+                part[a] = max(part[a], sc);
             }
-            // acc = alpha · acc + P V.
-            accumulate_rows(&acc, alpha, pr, SRC_V, tile.bkv * p.len_k * p.head_dim_v, j0,
-                            p.len_k, p.head_dim_v, t);
+        }
+        fwd_smem[RED + tx * 8u + ty] = part;
+        workgroupBarrier();
+        var m_new = m;
+        for (var x = 0u; x < 16u; x++) {
+            m_new = max(m_new, fwd_smem[RED + x * 8u + ty]);
+        }
+
+        // Online softmax: rows whose max is still MASKED see nothing yet (p = 0, alpha = 1).
+        var alpha = vec4<f32>(1.0);
+        var pr: array<vec4<f32>, 4>; // pr[c][a]: key 4 tx + c, row 4 ty + a
+        for (var a = 0u; a < 4u; a++) {
+            if (m_new[a] > MASKED) {
+                alpha[a] = select(exp(m[a] - m_new[a]), 0.0, m[a] == MASKED);
+                var block_sum = 0.0;
+                for (var c = 0u; c < 4u; c++) {
+                    let sc = s[a][c];
+                    let e = select(exp(sc - m_new[a]), 0.0, sc == MASKED);
+                    pr[c][a] = e;
+                    block_sum += e;
+                }
+                psum[a] = psum[a] * alpha[a] + block_sum;
+                m[a] = m_new[a];
+            }
+        }
+        for (var c = 0u; c < 4u; c++) {
+            fwd_smem[P_T + (4u * tx + c) * 8u + ty] = pr[c];
+        }
+        // p_t complete, and every thread done reading `red` before V overwrites it.
+        workgroupBarrier();
+
+        // acc = alpha · acc + P V, chunk by chunk of Dv.
+        fwd_rescale(&acc0, alpha);
+        fwd_pv_chunk(&acc0, 0u, v_base, j0, t);
+        if (DV_CHUNKS > 1u) {
+            fwd_rescale(&acc1, alpha);
+            fwd_pv_chunk(&acc1, 1u, v_base, j0, t);
+        }
+        if (DV_CHUNKS > 2u) {
+            fwd_rescale(&acc2, alpha);
+            fwd_pv_chunk(&acc2, 2u, v_base, j0, t);
+        }
+        if (DV_CHUNKS > 3u) {
+            fwd_rescale(&acc3, alpha);
+            fwd_pv_chunk(&acc3, 3u, v_base, j0, t);
         }
     }
-    if (i >= p.len_q) {
-        return;
-    }
+
     if (p.last_pass == 0u) {
-        if (l == 0u) {
-            state[st] = m;
-            state[st + 1u] = sum;
+        for (var a = 0u; a < 4u; a++) {
+            let i = i0 + 4u * ty + a;
+            if (i < p.len_q) {
+                if (tx == 0u) {
+                    state[fwd_state(bh, i)] = m[a];
+                }
+                state[fwd_state(bh, i) + 1u + tx] = psum[a];
+            }
         }
-        for (var col = l; col < p.head_dim_v; col += 4u) {
-            state[st + 2u + col] = acc[col / 4u];
-        }
+        fwd_carry(&acc0, 0u, true, bh, i0, t);
+        if (DV_CHUNKS > 1u) { fwd_carry(&acc1, 1u, true, bh, i0, t); }
+        if (DV_CHUNKS > 2u) { fwd_carry(&acc2, 2u, true, bh, i0, t); }
+        if (DV_CHUNKS > 3u) { fwd_carry(&acc3, 3u, true, bh, i0, t); }
         return;
     }
-    if (l == 0u) {
-        lse_out[row] = select(m + log(sum), neg_inf(), sum == 0.0);
+
+    // The rows' sums: their 16 partial sums in a fixed order (the last P V chunk ended with a
+    // barrier, so `red` is free).
+    fwd_smem[RED + tx * 8u + ty] = psum;
+    workgroupBarrier();
+    var sum = vec4<f32>(0.0);
+    for (var x = 0u; x < 16u; x++) {
+        sum += fwd_smem[RED + x * 8u + ty];
     }
-    let inv = select(1.0 / sum, 0.0, sum == 0.0);
-    var scale_row = 1.0;
-    if (p.has_rho == 1u) {
-        scale_row = rho[row];
-    }
-    for (var col = l; col < p.head_dim_v; col += 4u) {
-        var out = acc[col / 4u] * inv * scale_row;
-        if (p.has_residual == 1u) {
-            out += residual_ld(row * p.head_dim_v + col);
+    var inv = vec4<f32>(0.0);
+    for (var a = 0u; a < 4u; a++) {
+        let i = i0 + 4u * ty + a;
+        if (i < p.len_q && tx == 0u) {
+            lse_out[bh * p.len_q + i] = select(m[a] + log(sum[a]), neg_inf(), sum[a] == 0.0);
         }
-        o_out_st(row * p.head_dim_v + col, out);
+        inv[a] = select(1.0 / sum[a], 0.0, sum[a] == 0.0);
     }
+    fwd_store(&acc0, 0u, bh, i0, inv, t);
+    if (DV_CHUNKS > 1u) { fwd_store(&acc1, 1u, bh, i0, inv, t); }
+    if (DV_CHUNKS > 2u) { fwd_store(&acc2, 2u, bh, i0, inv, t); }
+    if (DV_CHUNKS > 3u) { fwd_store(&acc3, 3u, bh, i0, inv, t); }
 }
 
 // ---------------------------------------------------------------- backward

@@ -12,8 +12,13 @@ use flashneck_core::{
     AttentionParams, AttentionShape, Backend, DType, DeviceLayout, Error, Result, TopkParams,
 };
 
-/// Tile edge of the attention kernels (query rows and keys per tile).
+/// Tile edge of the backward kernels (query rows and keys per tile).
 const TILE: usize = 16;
+/// Query rows per workgroup of the forward (`FQ` in attention.wgsl); it walks keys a layout
+/// block (64) at a time.
+const FORWARD_ROWS: usize = 32;
+/// Head dims of Q and K the forward stages per step of S (`DK` in attention.wgsl).
+const FORWARD_DK: usize = 16;
 /// Head-dim chunk the kernels stage in workgroup memory (`CH` in attention.wgsl).
 const CH: usize = 64;
 /// Key blocks topk.wgsl's per-thread bitset holds (64 words of 32 bits): len_k <= 131072.
@@ -85,8 +90,9 @@ pub(crate) const MAX_BARRIERS_PER_PASS: u32 = 256;
 /// Which loop of attention.wgsl a launch runs (they differ in barriers per tile).
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Loop {
-    /// `attention_forward`: per key tile, S = Q·Kᵀ (2 barriers per 64-wide chunk of D), the
-    /// scores' store (1), P·V (2 per chunk of Dv).
+    /// `attention_forward`: per 64-key block, S = Q·Kᵀ (2 barriers per 16 dims of D), the
+    /// rows' maxima and the store of P (2), P·V (4 per 64-column chunk of Dv: two halves of 32
+    /// keys).
     Forward,
     /// `attention_backward_dq`: per key tile, S (2 per chunk of D), dP (2 per chunk of Dv), the
     /// store of dS (1), dS·K (2 per chunk of D).
@@ -101,17 +107,19 @@ impl Loop {
     pub(crate) fn barriers_per_tile(self, d: usize, dv: usize) -> u32 {
         let (cd, cdv) = (d.div_ceil(CH) as u32, dv.div_ceil(CH) as u32);
         match self {
-            Loop::Forward => 2 * cd + 1 + 2 * cdv,
+            Loop::Forward => 2 * d.div_ceil(FORWARD_DK) as u32 + 2 + 4 * cdv,
             Loop::Dq => 4 * cd + 2 * cdv + 1,
             Loop::DkDv => 4 * cd + 4 * cdv + 1,
         }
     }
 
-    /// At most how many tiles one workgroup's loop runs: key tiles for the forward and dQ
-    /// (a layout selects a subset of them), query tiles of the whole GQA group for dK/dV.
+    /// At most how many tiles one workgroup's loop runs: key blocks for the forward, key
+    /// tiles for dQ (a layout selects a subset of them), query tiles of the whole GQA group for
+    /// dK/dV.
     pub(crate) fn max_tiles(self, s: &AttentionShape) -> usize {
         match self {
-            Loop::Forward | Loop::Dq => s.len_k.div_ceil(TILE),
+            Loop::Forward => s.len_k.div_ceil(flashneck_core::BLOCK),
+            Loop::Dq => s.len_k.div_ceil(TILE),
             Loop::DkDv => s.group_size() * s.len_q.div_ceil(TILE),
         }
     }
@@ -199,7 +207,11 @@ pub(crate) fn forward<T>(
     prm.has_rho = u32::from(x.row_scale.is_some());
     prm.has_residual = u32::from(x.residual.is_some());
     let passes = passes(Loop::Forward, s, be.barriers_per_pass);
-    let state = state_buffer(be, &passes, s.lse_len() * (s.head_dim_v + 2))?;
+    // Per row: the running max, the 16 threads' partial sums, the accumulators.
+    let state = state_buffer(be, &passes, s.lse_len() * (s.head_dim_v + 17))?;
+    // One pipeline per number of 64-column chunks of Dv, so that the accumulators stay in
+    // registers (their indices are constants).
+    let overrides = [("DV_CHUNKS", s.head_dim_v.div_ceil(CH) as u32)];
     let binds = [
         (1, Bind::Read(q.raw())),
         (2, Bind::Read(k.raw())),
@@ -210,8 +222,6 @@ pub(crate) fn forward<T>(
         (7, Bind::Read(indices)),
         (8, Bind::Read(x.row_scale.map_or(&stand_in, |b| b.raw()))),
         (9, Bind::Read(x.residual.unwrap_or(&stand_in))),
-        // dO is unused here, but the shared `load` helper names it.
-        (11, Bind::Read(&stand_in)),
         (19, Bind::Write(&state)),
     ];
     let params = pass_params(prm, &passes);
@@ -221,10 +231,10 @@ pub(crate) fn forward<T>(
             shader: Shader::Attention,
             entry: "attention_forward",
             dtype,
-            overrides: &[],
+            overrides: &overrides,
             params: bytemuck::bytes_of(prm),
             binds: &binds,
-            workgroups: s.batch as u64 * tiles(s.heads_q, s.len_q),
+            workgroups: (s.batch * s.heads_q * s.len_q.div_ceil(FORWARD_ROWS)) as u64,
         })
         .collect();
     be.run(&launches)

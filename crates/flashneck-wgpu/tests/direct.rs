@@ -323,7 +323,7 @@ fn oversized_buffer_is_a_typed_error() {
 
 #[test]
 fn every_shader_fits_the_adapter_workgroup_memory() {
-    use flashneck_wgpu::shaders::{Shader, validate, workgroup_bytes};
+    use flashneck_wgpu::shaders::{Shader, entry_workgroup_bytes, validate};
     let b = backend();
     let limit = u64::from(b.limits().max_compute_workgroup_storage_size);
     println!(
@@ -332,11 +332,15 @@ fn every_shader_fits_the_adapter_workgroup_memory() {
         b.has_timestamps()
     );
     for s in Shader::ALL {
-        let bytes = workgroup_bytes(&validate(s, b.variant(s, DType::F16)).unwrap());
-        assert!(
-            bytes <= limit,
-            "{s}.wgsl: {bytes} bytes > adapter limit {limit}"
-        );
+        let v = b.variant(s, DType::F16);
+        for ep in &validate(s, v).unwrap().entry_points {
+            let bytes = entry_workgroup_bytes(s, v, &ep.name, &[("DTYPE", 1.0)]).unwrap();
+            assert!(
+                bytes <= limit,
+                "{s}.wgsl {}: {bytes} bytes > adapter limit {limit}",
+                ep.name
+            );
+        }
     }
 }
 

@@ -24,7 +24,7 @@ fn check<T: Element>(p: AttentionParams, layout: Option<&BlockLayout>) {
 /// (1224 in one workgroup before the fix).
 ///
 /// Each test here fails with the passes disabled (`MAX_BARRIERS_PER_PASS` set to 2^30, i.e.
-/// the old single-pass kernels): NaN in dK, in O.
+/// single-pass kernels): NaN in dK, in dQ.
 fn long_gqa_group() -> AttentionParams {
     AttentionParams::new(AttentionShape {
         head_dim_v: 121,
@@ -32,8 +32,11 @@ fn long_gqa_group() -> AttentionParams {
     })
 }
 
-/// Forward and dQ: one query tile's workgroup loops over 69 key tiles, 17 (forward) and 25
-/// (dQ) barriers each (1173 and 1725 before the fix).
+/// Forward and dQ: dQ's workgroup loops over 69 key tiles of 25 barriers (1725 before the
+/// fix). The register-tiled forward walks 18 key blocks of 50 barriers (900) and is cut into 4
+/// passes, so this also checks the state it carries between passes; that forward, unlike the
+/// backward kernels, ran 2350 barriers in one workgroup correctly on lavapipe (Lk = 3000), so
+/// with the passes disabled only dQ fails here.
 fn long_keys() -> AttentionParams {
     AttentionParams::new(AttentionShape::mha(1, 1, 19, 1100, 256))
 }
