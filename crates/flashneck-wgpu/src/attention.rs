@@ -2,8 +2,11 @@
 //! `kernels/wgsl/attention.wgsl` and `kernels/wgsl/topk.wgsl`.
 //!
 //! Dense attention runs the sparse kernels with `sparse = 0` (every key block up to the last
-//! visible one), so the two share one code path. Unused bindings (the layout for dense calls,
-//! the epilogue when absent) are bound to a one-word stand-in buffer.
+//! visible one), so the two share one code path. The kernels share their load and store
+//! helpers, so each names every tensor binding; the ones a launch does not use (the layout for
+//! dense calls, the epilogue when absent, the other kernels' outputs) are bound to one-word
+//! stand-ins: one for read-only bindings, one for written ones (wgpu refuses a buffer bound both
+//! ways in one dispatch).
 
 use crate::device::{Bind, Launch};
 use crate::shaders::Shader;
@@ -12,15 +15,13 @@ use flashneck_core::{
     AttentionParams, AttentionShape, Backend, DType, DeviceLayout, Error, Result, TopkParams,
 };
 
-/// Tile edge of the backward kernels (query rows and keys per tile).
-const TILE: usize = 16;
-/// Query rows per workgroup of the forward (`FQ` in attention.wgsl); it walks keys a layout
-/// block (64) at a time.
-const FORWARD_ROWS: usize = 32;
-/// Head dims of Q and K the forward stages per step of S (`DK` in attention.wgsl).
-const FORWARD_DK: usize = 16;
-/// Head-dim chunk the kernels stage in workgroup memory (`CH` in attention.wgsl).
-const CH: usize = 64;
+/// Rows (query rows, or keys for dK/dV) per workgroup of the attention kernels (`TR` in
+/// attention.wgsl); each walks its columns a layout block (64) at a time.
+const TILE_ROWS: usize = 32;
+/// Head dims staged per step of a product of rows (`DK` in attention.wgsl).
+const PRODUCT_DIMS: usize = 16;
+/// Output columns per accumulator chunk (`Acc` in attention.wgsl).
+const CHUNK: usize = 64;
 /// Key blocks topk.wgsl's per-thread bitset holds (64 words of 32 bits): len_k <= 131072.
 const MAX_TOPK_KEY_BLOCKS: usize = 2048;
 /// Threads per workgroup of the row-wise kernels.
@@ -87,42 +88,77 @@ impl Params {
 /// is known; the GPU check runs the conformance suite there).
 pub(crate) const MAX_BARRIERS_PER_PASS: u32 = 256;
 
-/// Which loop of attention.wgsl a launch runs (they differ in barriers per tile).
+/// Which loop of attention.wgsl a launch runs (they differ in barriers per block). A product
+/// of rows costs 2 barriers per 16 dims of its head dim, an accumulation 4 per 64-column chunk
+/// of its output (two halves of 32 value rows), a store of weights 1.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Loop {
-    /// `attention_forward`: per 64-key block, S = Q·Kᵀ (2 barriers per 16 dims of D), the
-    /// rows' maxima and the store of P (2), P·V (4 per 64-column chunk of Dv: two halves of 32
-    /// keys).
+    /// `attention_forward`, per key block: S = Q·Kᵀ, the rows' maxima (1), the store of P (1),
+    /// P·V.
     Forward,
-    /// `attention_backward_dq`: per key tile, S (2 per chunk of D), dP (2 per chunk of Dv), the
-    /// store of dS (1), dS·K (2 per chunk of D).
+    /// `attention_backward_dq`, per key block: S, dP = dO·Vᵀ, the store of dS, dS·K.
     Dq,
-    /// `attention_backward_dkdv`: per query tile, S and dS·Q (4 per chunk of D), dP and P·dO
-    /// (4 per chunk of Dv), the stores of P and dS (1).
+    /// `attention_backward_dkdv`, per query block: Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ, the store of Pᵀ,
+    /// Pᵀ·dO, the store of dSᵀ, dSᵀ·Q.
     DkDv,
 }
 
 impl Loop {
-    /// Barriers one tile of the loop runs for head dims `d`, `dv`.
+    /// Barriers one block of the loop runs for head dims `d`, `dv`.
     pub(crate) fn barriers_per_tile(self, d: usize, dv: usize) -> u32 {
-        let (cd, cdv) = (d.div_ceil(CH) as u32, dv.div_ceil(CH) as u32);
+        let product = |dim: usize| 2 * dim.div_ceil(PRODUCT_DIMS) as u32;
+        let accumulate = |dim: usize| 4 * dim.div_ceil(CHUNK) as u32;
         match self {
-            Loop::Forward => 2 * d.div_ceil(FORWARD_DK) as u32 + 2 + 4 * cdv,
-            Loop::Dq => 4 * cd + 2 * cdv + 1,
-            Loop::DkDv => 4 * cd + 4 * cdv + 1,
+            Loop::Forward => product(d) + 2 + accumulate(dv),
+            Loop::Dq => product(d) + product(dv) + 1 + accumulate(d),
+            Loop::DkDv => product(d) + product(dv) + 2 + accumulate(dv) + accumulate(d),
         }
     }
 
-    /// At most how many tiles one workgroup's loop runs: key blocks for the forward, key
-    /// tiles for dQ (a layout selects a subset of them), query tiles of the whole GQA group for
-    /// dK/dV.
+    /// At most how many blocks one workgroup's loop runs: key blocks for the forward and dQ
+    /// (a layout selects a subset of them), the query blocks of the whole GQA group for dK/dV.
     pub(crate) fn max_tiles(self, s: &AttentionShape) -> usize {
         match self {
-            Loop::Forward => s.len_k.div_ceil(flashneck_core::BLOCK),
-            Loop::Dq => s.len_k.div_ceil(TILE),
-            Loop::DkDv => s.group_size() * s.len_q.div_ceil(TILE),
+            Loop::Forward | Loop::Dq => s.k_blocks(),
+            Loop::DkDv => s.group_size() * s.q_blocks(),
         }
     }
+}
+
+/// The pipeline constants of every attention kernel: the number of 64-column accumulator
+/// chunks of D and of Dv, so that the accumulators' indices are constants (one pipeline per
+/// pair).
+fn chunk_overrides(s: &AttentionShape) -> [(&'static str, u32); 2] {
+    [
+        ("D_CHUNKS", s.head_dim.div_ceil(CHUNK) as u32),
+        ("DV_CHUNKS", s.head_dim_v.div_ceil(CHUNK) as u32),
+    ]
+}
+
+/// Every tensor binding of attention.wgsl bound to a stand-in: `read` for the read-only ones,
+/// `written` for the read-write ones. A launch replaces the ones it uses (`with`).
+fn stand_ins<'a>(read: &'a wgpu::Buffer, written: &'a wgpu::Buffer) -> Vec<(u32, Bind<'a>)> {
+    let mut binds: Vec<(u32, Bind<'a>)> = [1, 2, 3, 6, 7, 8, 9, 10, 11, 12, 17, 18]
+        .into_iter()
+        .map(|b| (b, Bind::Read(read)))
+        .collect();
+    binds.extend(
+        [4, 5, 13, 14, 15, 16, 19]
+            .into_iter()
+            .map(|b| (b, Bind::Write(written))),
+    );
+    binds
+}
+
+/// `binds` with each binding of `used` replaced.
+fn with<'a>(mut binds: Vec<(u32, Bind<'a>)>, used: &[(u32, Bind<'a>)]) -> Vec<(u32, Bind<'a>)> {
+    for &(n, b) in used {
+        match binds.iter_mut().find(|(m, _)| *m == n) {
+            Some(slot) => slot.1 = b,
+            None => binds.push((n, b)),
+        }
+    }
+    binds
 }
 
 /// The passes `(tile_begin, tile_end)` that cut `lp`'s loop so that no workgroup runs more
@@ -176,9 +212,9 @@ pub(crate) struct ForwardExtras<'a> {
     pub residual: Option<&'a wgpu::Buffer>,
 }
 
-/// Workgroups of a kernel with one workgroup per 16 rows of each head.
+/// Workgroups of a kernel with one workgroup per 32 rows of each head.
 fn tiles(heads: usize, len: usize) -> u64 {
-    (heads * len.div_ceil(TILE)) as u64
+    (heads * len.div_ceil(TILE_ROWS)) as u64
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -195,35 +231,36 @@ pub(crate) fn forward<T>(
 ) -> Result<()> {
     let s = &p.shape;
     let mut prm = Params::of(p);
-    let stand_in = be.alloc_scratch(1)?;
+    let (read, written) = (be.alloc_scratch(1)?, be.alloc_scratch(1)?);
     let (counts, indices) = match x.layout {
         Some(l) => {
             prm.sparse = 1;
             prm.max_blocks = l.host().max_blocks() as u32;
             (l.counts().raw(), l.indices().raw())
         }
-        None => (&stand_in, &stand_in),
+        None => (&read, &read),
     };
     prm.has_rho = u32::from(x.row_scale.is_some());
     prm.has_residual = u32::from(x.residual.is_some());
     let passes = passes(Loop::Forward, s, be.barriers_per_pass);
     // Per row: the running max, the 16 threads' partial sums, the accumulators.
     let state = state_buffer(be, &passes, s.lse_len() * (s.head_dim_v + 17))?;
-    // One pipeline per number of 64-column chunks of Dv, so that the accumulators stay in
-    // registers (their indices are constants).
-    let overrides = [("DV_CHUNKS", s.head_dim_v.div_ceil(CH) as u32)];
-    let binds = [
-        (1, Bind::Read(q.raw())),
-        (2, Bind::Read(k.raw())),
-        (3, Bind::Read(v.raw())),
-        (4, Bind::Write(o.raw())),
-        (5, Bind::Write(lse.raw())),
-        (6, Bind::Read(counts)),
-        (7, Bind::Read(indices)),
-        (8, Bind::Read(x.row_scale.map_or(&stand_in, |b| b.raw()))),
-        (9, Bind::Read(x.residual.unwrap_or(&stand_in))),
-        (19, Bind::Write(&state)),
-    ];
+    let binds = with(
+        stand_ins(&read, &written),
+        &[
+            (1, Bind::Read(q.raw())),
+            (2, Bind::Read(k.raw())),
+            (3, Bind::Read(v.raw())),
+            (4, Bind::Write(o.raw())),
+            (5, Bind::Write(lse.raw())),
+            (6, Bind::Read(counts)),
+            (7, Bind::Read(indices)),
+            (8, Bind::Read(x.row_scale.map_or(&read, |b| b.raw()))),
+            (9, Bind::Read(x.residual.unwrap_or(&read))),
+            (19, Bind::Write(&state)),
+        ],
+    );
+    let overrides = chunk_overrides(s);
     let params = pass_params(prm, &passes);
     let launches: Vec<Launch<'_>> = params
         .iter()
@@ -234,7 +271,7 @@ pub(crate) fn forward<T>(
             overrides: &overrides,
             params: bytemuck::bytes_of(prm),
             binds: &binds,
-            workgroups: (s.batch * s.heads_q * s.len_q.div_ceil(FORWARD_ROWS)) as u64,
+            workgroups: s.batch as u64 * tiles(s.heads_q, s.len_q),
         })
         .collect();
     be.run(&launches)
@@ -264,7 +301,7 @@ pub(crate) fn backward<T>(
 ) -> Result<()> {
     let s = &p.shape;
     let mut prm = Params::of(p);
-    let stand_in = be.alloc_scratch(1)?;
+    let (read, written) = (be.alloc_scratch(1)?, be.alloc_scratch(1)?);
     let delta = be.alloc_scratch(s.lse_len())?;
     let (counts, indices, counts_t, indices_t) = match layouts {
         Some((l, lt)) => {
@@ -278,7 +315,7 @@ pub(crate) fn backward<T>(
                 lt.indices().raw(),
             )
         }
-        None => (&stand_in, &stand_in, &stand_in, &stand_in),
+        None => (&read, &read, &read, &read),
     };
     let dq_passes = passes(Loop::Dq, s, be.barriers_per_pass);
     let dkdv_passes = passes(Loop::DkDv, s, be.barriers_per_pass);
@@ -293,50 +330,61 @@ pub(crate) fn backward<T>(
         (11, Bind::Read(g.d_o.raw())),
         (13, Bind::Write(&delta)),
     ];
-    let inputs = [
-        (1, Bind::Read(g.q.raw())),
-        (2, Bind::Read(g.k.raw())),
-        (3, Bind::Read(g.v.raw())),
-        (11, Bind::Read(g.d_o.raw())),
-        (12, Bind::Read(g.lse.raw())),
-        (13, Bind::Write(&delta)),
-    ];
-    let mut binds_dq = inputs.to_vec();
-    binds_dq.extend([
-        (6, Bind::Read(counts)),
-        (7, Bind::Read(indices)),
-        (14, Bind::Write(g.dq.raw())),
-        (19, Bind::Write(&dq_state)),
-    ]);
-    let mut binds_dkdv = inputs.to_vec();
-    binds_dkdv.extend([
-        (17, Bind::Read(counts_t)),
-        (18, Bind::Read(indices_t)),
-        (15, Bind::Write(g.dk.raw())),
-        (16, Bind::Write(g.dv.raw())),
-        (19, Bind::Write(&dkdv_state)),
-    ]);
+    let inputs = with(
+        stand_ins(&read, &written),
+        &[
+            (1, Bind::Read(g.q.raw())),
+            (2, Bind::Read(g.k.raw())),
+            (3, Bind::Read(g.v.raw())),
+            (11, Bind::Read(g.d_o.raw())),
+            (12, Bind::Read(g.lse.raw())),
+            (13, Bind::Write(&delta)),
+        ],
+    );
+    let binds_dq = with(
+        inputs.clone(),
+        &[
+            (6, Bind::Read(counts)),
+            (7, Bind::Read(indices)),
+            (14, Bind::Write(g.dq.raw())),
+            (19, Bind::Write(&dq_state)),
+        ],
+    );
+    let binds_dkdv = with(
+        inputs,
+        &[
+            (17, Bind::Read(counts_t)),
+            (18, Bind::Read(indices_t)),
+            (15, Bind::Write(g.dk.raw())),
+            (16, Bind::Write(g.dv.raw())),
+            (19, Bind::Write(&dkdv_state)),
+        ],
+    );
+    let overrides = chunk_overrides(s);
     let delta_params = [prm];
     let dq_params = pass_params(prm, &dq_passes);
     let dkdv_params = pass_params(prm, &dkdv_passes);
     let mut launches = Vec::new();
-    for (entry, params, binds, workgroups) in [
+    for (entry, params, binds, overrides, workgroups) in [
         (
             "attention_backward_delta",
             &delta_params[..],
             &binds_delta[..],
+            &[][..],
             (s.lse_len() as u64).div_ceil(WG),
         ),
         (
             "attention_backward_dq",
             &dq_params,
             &binds_dq,
+            &overrides[..],
             s.batch as u64 * tiles(s.heads_q, s.len_q),
         ),
         (
             "attention_backward_dkdv",
             &dkdv_params,
             &binds_dkdv,
+            &overrides[..],
             s.batch as u64 * tiles(s.heads_kv, s.len_k),
         ),
     ] {
@@ -344,7 +392,7 @@ pub(crate) fn backward<T>(
             shader: Shader::Attention,
             entry,
             dtype,
-            overrides: &[],
+            overrides,
             params: bytemuck::bytes_of(prm),
             binds,
             workgroups,
@@ -471,12 +519,13 @@ mod tests {
                 }
             }
         }
-        // The shape of the brief: 147 dK/dV passes of 7 query tiles (231 barriers) each.
+        // Hq = 8, Hkv = 1, L = 2048, D = Dv = 256: 128 dK/dV passes of 2 query blocks (196
+        // barriers) each.
         let s = AttentionShape::gqa(1, 8, 1, 2048, 2048, 256);
-        assert_eq!(Loop::DkDv.barriers_per_tile(256, 256), 33);
+        assert_eq!(Loop::DkDv.barriers_per_tile(256, 256), 98);
         assert_eq!(
             passes(Loop::DkDv, &s, Some(MAX_BARRIERS_PER_PASS)).len(),
-            147
+            128
         );
         // No budget (a GPU adapter): one pass.
         assert_eq!(passes(Loop::DkDv, &s, None), vec![(0, u32::MAX)]);
