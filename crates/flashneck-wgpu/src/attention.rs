@@ -485,6 +485,18 @@ pub(crate) fn block_topk<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shaders::{check_params_layout, host_fields};
+
+    /// The uniform block the host writes is the one attention.wgsl and topk.wgsl read.
+    #[test]
+    fn params_match_the_shaders() {
+        let fields = host_fields!(Params; batch, heads_q, heads_kv, len_q, len_k, head_dim,
+            head_dim_v, group, scale, causal, sparse, max_blocks, max_blocks_t, q_blocks,
+            k_blocks, has_rho, has_residual, keep, sink, local, tile_begin, tile_end, last_pass);
+        for shader in [Shader::Attention, Shader::Topk] {
+            check_params_layout(shader, &fields, std::mem::size_of::<Params>());
+        }
+    }
 
     /// Every pass of every loop stays within the barrier budget, and the passes cover the
     /// loop's tiles once, in order, for head dims up to 256, GQA groups up to 8 and lengths

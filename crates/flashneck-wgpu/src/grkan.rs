@@ -132,3 +132,17 @@ pub(crate) fn backward<T>(
         },
     ])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shaders::{check_params_layout, host_fields};
+
+    /// The uniform block the host writes is the one grkan.wgsl reads.
+    #[test]
+    fn params_match_the_shader() {
+        let fields = host_fields!(Params; rows, channels, group_width, groups, num_degree,
+            den_degree, elements, rows_per_tile, tiles);
+        check_params_layout(Shader::GrKan, &fields, std::mem::size_of::<Params>());
+    }
+}

@@ -210,6 +210,15 @@ pub(crate) fn philox_words(be: &WgpuBackend, counter: [u32; 4], key: [u32; 2]) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shaders::{check_params_layout, host_fields};
+
+    /// The uniform block the host writes is the one gumbel.wgsl reads.
+    #[test]
+    fn params_match_the_shader() {
+        let fields = host_fields!(Params; rows, classes, seed_lo, seed_hi, offset_lo, offset_hi,
+            hard, inv_tau, elements, write_soft);
+        check_params_layout(Shader::Gumbel, &fields, std::mem::size_of::<Params>());
+    }
 
     /// `most_quads` against counting: the quads that rows 0..8 of K classes overlap.
     #[test]

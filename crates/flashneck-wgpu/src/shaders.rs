@@ -368,3 +368,78 @@ pub fn workgroup_bytes(module: &naga::Module) -> u64 {
         .map(|(_, g)| u64::from(module.types[g.ty].inner.size(module.to_ctx())))
         .sum()
 }
+
+/// One field of a host parameter block: name, byte offset, WGSL scalar type.
+#[cfg(test)]
+pub(crate) type HostField = (&'static str, usize, &'static str);
+
+/// The WGSL scalar type of a host field (`u32` or `f32`; anything else is a layout error).
+#[cfg(test)]
+pub(crate) fn scalar_of<S, T: 'static>(_field: impl Fn(&S) -> &T) -> &'static str {
+    use std::any::TypeId;
+    if TypeId::of::<T>() == TypeId::of::<u32>() {
+        "u32"
+    } else if TypeId::of::<T>() == TypeId::of::<f32>() {
+        "f32"
+    } else {
+        "not a 32-bit scalar"
+    }
+}
+
+/// The fields of a host parameter block, in declaration order: `host_fields!(Params; a, b)`.
+#[cfg(test)]
+macro_rules! host_fields {
+    ($t:ty; $($f:ident),+ $(,)?) => {
+        [$((
+            stringify!($f),
+            std::mem::offset_of!($t, $f),
+            $crate::shaders::scalar_of(|p: &$t| &p.$f),
+        )),+]
+    };
+}
+#[cfg(test)]
+pub(crate) use host_fields;
+
+/// Checks that `shader`'s WGSL `Params` struct has exactly the host block's fields (same
+/// names, order, offsets and scalar types) and its size, so that the uniform the host writes
+/// is the one the shader reads.
+#[cfg(test)]
+pub(crate) fn check_params_layout(shader: Shader, host: &[HostField], host_size: usize) {
+    let module = validate(shader, Variant::new(Storage::F32, false)).unwrap();
+    let (members, span) = module
+        .types
+        .iter()
+        .find_map(|(_, ty)| match (&ty.name, &ty.inner) {
+            (Some(name), naga::TypeInner::Struct { members, span }) if name == "Params" => {
+                Some((members, *span))
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{shader}.wgsl declares no struct Params"));
+    let wgsl: Vec<(&str, usize, &str)> = members
+        .iter()
+        .map(|m| {
+            let name = m.name.as_deref().unwrap_or("?");
+            let scalar = match module.types[m.ty].inner {
+                naga::TypeInner::Scalar(naga::Scalar {
+                    kind: naga::ScalarKind::Uint,
+                    width: 4,
+                }) => "u32",
+                naga::TypeInner::Scalar(naga::Scalar {
+                    kind: naga::ScalarKind::Float,
+                    width: 4,
+                }) => "f32",
+                _ => "not a 32-bit scalar",
+            };
+            (name, m.offset as usize, scalar)
+        })
+        .collect();
+    assert_eq!(
+        wgsl, host,
+        "{shader}.wgsl Params (left) vs the host's (right)"
+    );
+    assert_eq!(
+        span as usize, host_size,
+        "{shader}.wgsl Params size vs the host's"
+    );
+}
