@@ -175,6 +175,12 @@ fn stage_transposed(at: u32, quads: u32, m: Rows, d0: u32, t: u32) {
     }
 }
 
+// acc + a ⊗ b: acc[r][c] + a[r] · b[c], 16 multiply-adds.
+fn outer_fma(acc: array<vec4<f32>, 4>, a: vec4<f32>, b: vec4<f32>) -> array<vec4<f32>, 4> {
+    return array<vec4<f32>, 4>(fma(vec4<f32>(a.x), b, acc[0]), fma(vec4<f32>(a.y), b, acc[1]),
+                               fma(vec4<f32>(a.z), b, acc[2]), fma(vec4<f32>(a.w), b, acc[3]));
+}
+
 // out[a][c] = A[a_rows.row0 + 4 ty + a] · B[b_rows.row0 + 4 tx + c] over the head dim the two
 // share (a_rows.dim). Holds barriers: call in uniform control flow.
 fn tile_products(a_rows: Rows, b_rows: Rows, t: u32) -> array<vec4<f32>, 4> {
@@ -186,12 +192,7 @@ fn tile_products(a_rows: Rows, b_rows: Rows, t: u32) -> array<vec4<f32>, 4> {
         stage_transposed(B_T, 16u, b_rows, d0, t);
         workgroupBarrier();
         for (var kk = 0u; kk < DK; kk++) {
-            let ak = smem[A_T + kk * 8u + ty];
-            let bk = smem[B_T + kk * 16u + tx];
-            out[0] = fma(vec4<f32>(ak.x), bk, out[0]);
-            out[1] = fma(vec4<f32>(ak.y), bk, out[1]);
-            out[2] = fma(vec4<f32>(ak.z), bk, out[2]);
-            out[3] = fma(vec4<f32>(ak.w), bk, out[3]);
+            out = outer_fma(out, smem[A_T + kk * 8u + ty], smem[B_T + kk * 16u + tx]);
         }
         workgroupBarrier();
     }
@@ -242,12 +243,7 @@ fn accumulate_chunk(acc: array<vec4<f32>, 4>, c: u32, m: Rows, t: u32) -> array<
         }
         workgroupBarrier();
         for (var j = 0u; j < 32u; j++) {
-            let wj = smem[W_T + (32u * h + j) * 8u + ty];
-            let mj = smem[V_S + j * 16u + tx];
-            out[0] = fma(vec4<f32>(wj.x), mj, out[0]);
-            out[1] = fma(vec4<f32>(wj.y), mj, out[1]);
-            out[2] = fma(vec4<f32>(wj.z), mj, out[2]);
-            out[3] = fma(vec4<f32>(wj.w), mj, out[3]);
+            out = outer_fma(out, smem[W_T + (32u * h + j) * 8u + ty], smem[V_S + j * 16u + tx]);
         }
         workgroupBarrier();
     }
