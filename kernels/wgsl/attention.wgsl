@@ -66,14 +66,15 @@ override DV_CHUNKS: u32 = 1u;
 // partial sums, acc[Dv]) and dQ (acc[D]), per key for dK/dV (acc_k[D], acc_v[Dv]).
 @group(0) @binding(19) var<storage, read_write> state: array<f32>;
 
-// Workgroup memory, in vec4. [0, 512) holds either the operands of a product of rows, A_T
-// (16 dims × 8 row quads) and B_T (16 dims × 16 column quads), and the exchange RED (16 × 8),
+// Workgroup memory, in vec4. [0, 512) holds the operands of a product of rows, A_T (16 dims ×
+// 8 row quads) and B_T (16 dims × 16 column quads), or then the forward's exchange RED (16 × 8),
 // or the 32 value rows V_S (32 × 16 column quads) of an accumulation; [512, 1024) holds its
-// weights W_T (64 columns × 8 row quads).
+// weights W_T (64 columns × 8 row quads). A_T, B_T and RED pad each row by one vec4, so that
+// the 8 threads of a quarter warp storing consecutive rows hit different banks.
 var<workgroup> smem: array<vec4<f32>, 1024>;
-const A_T: u32 = 0u;
-const B_T: u32 = 128u;
-const RED: u32 = 384u;
+const A_T: u32 = 0u;    // 16 × (8 + 1)
+const B_T: u32 = 144u;  // 16 × (16 + 1), up to 416
+const RED: u32 = 0u;    // 16 × (8 + 1), over A_T: used between products only
 const V_S: u32 = 0u;
 const W_T: u32 = 512u;
 
@@ -157,7 +158,7 @@ fn in_pass(it: u32) -> bool {
 // ---------------------------------------------------------------- the two products
 
 // Stage dims d0 .. d0 + 16 of rows m.row0 + 4 q + a (q < quads, a < 4) transposed:
-// smem[at + kk * quads + q][a] = M[m.row0 + 4 q + a][d0 + kk] (0 past the matrix).
+// smem[at + kk * (quads + 1) + q][a] = M[m.row0 + 4 q + a][d0 + kk] (0 past the matrix).
 fn stage_transposed(at: u32, quads: u32, m: Rows, d0: u32, t: u32) {
     for (var idx = t; idx < DK * quads; idx += TWG) {
         let kk = idx % DK;
@@ -171,7 +172,7 @@ fn stage_transposed(at: u32, quads: u32, m: Rows, d0: u32, t: u32) {
                 }
             }
         }
-        smem[at + kk * quads + qd] = quad;
+        smem[at + kk * (quads + 1u) + qd] = quad;
     }
 }
 
@@ -192,11 +193,18 @@ fn tile_products(a_rows: Rows, b_rows: Rows, t: u32) -> array<vec4<f32>, 4> {
         stage_transposed(B_T, 16u, b_rows, d0, t);
         workgroupBarrier();
         for (var kk = 0u; kk < DK; kk++) {
-            out = outer_fma(out, smem[A_T + kk * 8u + ty], smem[B_T + kk * 16u + tx]);
+            out = outer_fma(out, smem[A_T + kk * 9u + ty], smem[B_T + kk * 17u + tx]);
         }
         workgroupBarrier();
     }
     return out;
+}
+
+// Where W_T keeps the weights of column col, row quad rq. The row quads of a column are
+// permuted (XOR by col / 4), so that the 8 threads of a quarter warp storing the same c of
+// consecutive tx hit different banks.
+fn w_index(col: u32, rq: u32) -> u32 {
+    return W_T + col * 8u + (rq ^ ((col / 4u) & 7u));
 }
 
 // Store the thread's weights w[a][c] (row 4 ty + a, column 4 tx + c) transposed in W_T, for
@@ -205,7 +213,7 @@ fn store_weights(w: array<vec4<f32>, 4>, t: u32) {
     let ty = t / 16u;
     let tx = t % 16u;
     for (var c = 0u; c < 4u; c++) {
-        smem[W_T + (4u * tx + c) * 8u + ty] = vec4<f32>(w[0][c], w[1][c], w[2][c], w[3][c]);
+        smem[w_index(4u * tx + c, ty)] = vec4<f32>(w[0][c], w[1][c], w[2][c], w[3][c]);
     }
 }
 
@@ -243,7 +251,7 @@ fn accumulate_chunk(acc: array<vec4<f32>, 4>, c: u32, m: Rows, t: u32) -> array<
         }
         workgroupBarrier();
         for (var j = 0u; j < 32u; j++) {
-            out = outer_fma(out, smem[W_T + (32u * h + j) * 8u + ty], smem[V_S + j * 16u + tx]);
+            out = outer_fma(out, smem[w_index(32u * h + j, ty)], smem[V_S + j * 16u + tx]);
         }
         workgroupBarrier();
     }
@@ -498,11 +506,11 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
                 part[a] = max(part[a], sc);
             }
         }
-        smem[RED + tx * 8u + ty] = part;
+        smem[RED + tx * 9u + ty] = part;
         workgroupBarrier();
         var m_new = m;
         for (var x = 0u; x < 16u; x++) {
-            m_new = max(m_new, smem[RED + x * 8u + ty]);
+            m_new = max(m_new, smem[RED + x * 9u + ty]);
         }
 
         // Online softmax: rows whose max is still MASKED see nothing yet (p = 0, alpha = 1).
@@ -545,11 +553,11 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
 
     // The rows' sums: their 16 partial sums in a fixed order (the last accumulation ended with
     // a barrier, so RED is free).
-    smem[RED + tx * 8u + ty] = psum;
+    smem[RED + tx * 9u + ty] = psum;
     workgroupBarrier();
     var sum = vec4<f32>(0.0);
     for (var x = 0u; x < 16u; x++) {
-        sum += smem[RED + x * 8u + ty];
+        sum += smem[RED + x * 9u + ty];
     }
     var inv = vec4<f32>(0.0);
     for (var a = 0u; a < 4u; a++) {
