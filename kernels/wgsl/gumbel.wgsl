@@ -1,17 +1,17 @@
 // Gumbel-Softmax (SPEC §4) with counter-based Philox4x32-10 noise.
 //
-// Forward and backward give one workgroup to each row (64 threads, 256 for rows of more than
-// 1021 classes), and the row max, sum and argmax are reduced in workgroup memory. Rows of at
-// most 64 elements take the `_rows` entry points instead: one thread per row, 64 per workgroup.
+// Forward and backward give TPR threads to each row (a power of two, fixed per pipeline by the
+// host: the fewest whose registers hold the row, up to a whole workgroup of 64 threads, or 256
+// for rows of more than 1021 classes), so a workgroup of WG threads takes WG / TPR rows, and
+// the rows' max, sum and argmax are reduced among their TPR threads in workgroup memory.
 //
 // Work unit: the quad, flat elements 4c .. 4c + 3, which share one Philox call (SPEC §4: the
 // noise of flat element n is lane n % 4 of the call for counter n / 4). A thread walks the
-// quads that overlap its row (quad j0, j0 + stride, ...; lanes of the rows around it are
+// quads that overlap its row (quad j0, j0 + TPR, ...; lanes of the rows around it are
 // skipped), draws each quad's words once, and keeps its first CACHE quads in registers; only
-// the rest of a long row goes through an f32 row in memory (binding 3). With 64 threads that is
-// rows of up to 1021 classes at any alignment, with 256 up to 4093 (4096 when K is a multiple
-// of 4), 13 for the thread-per-row kernels: logits read once, the noise drawn once, y (and
-// y_soft if asked for) written once. Stores go by pairs of elements (a quad is two words of
+// the rest of a long row goes through an f32 row in memory (binding 3). So rows of up to 4093
+// classes at any alignment (4096 when K is a multiple of 4) read logits once, draw the noise
+// once and write y (and y_soft if asked for) once. Stores go by pairs of elements (a quad is two words of
 // packed bf16), so only pairs cut by a row boundary need the atomic lone-element store.
 // Flat indices fit in 32 bits: a storage binding holds fewer than 2^32 bytes (host-checked).
 
@@ -31,6 +31,8 @@ struct Params {
 // Threads per workgroup, set by the host per pipeline: 64, or 256 for the rows longer than 64
 // threads hold in registers (reduce.wgsl's scratch array is sized by it too).
 override WG: u32 = 64u;
+// Threads per row, set by the host per pipeline: a power of two dividing WG.
+override TPR: u32 = 64u;
 // Quads of its row a thread keeps in registers (the host's `CACHED_QUADS`).
 const CACHE: u32 = 4u;
 // Below every finite value: the max of no elements, and the lanes of a quad outside the row.
@@ -119,13 +121,39 @@ fn noise_from_word(x: u32) -> f32 {
     return -log(e);
 }
 
-// The index of the largest value; ties go to the lowest index.
+// Max (is_max) or sum of v over the TPR threads of this thread's row: reduce.wgsl's (or
+// reduce_subgroup.wgsl's) workgroup reductions when a row has the whole workgroup, else a tree
+// within each row's slots of `red`. All threads get their row's result.
+fn row_reduce(lane: Lane, v: f32, is_max: bool) -> f32 {
+    if (TPR == WG) {
+        if (is_max) {
+            return reduce_max(lane, v);
+        }
+        return reduce_sum(lane, v);
+    }
+    let lid = lane.lid;
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = TPR / 2u; s > 0u; s >>= 1u) {
+        if (lid % TPR < s) {
+            let o = red[lid + s];
+            red[lid] = select(red[lid] + o, max(red[lid], o), is_max);
+        }
+        workgroupBarrier();
+    }
+    let r = red[lid - lid % TPR];
+    workgroupBarrier();
+    return r;
+}
+
+// The index of the largest value among the TPR threads of this thread's row; ties go to the
+// lowest index.
 fn reduce_argmax(lid: u32, v: f32, i: u32) -> u32 {
     red[lid] = v;
     red_idx[lid] = i;
     workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
+    for (var s = TPR / 2u; s > 0u; s >>= 1u) {
+        if (lid % TPR < s) {
             let ov = red[lid + s];
             let oi = red_idx[lid + s];
             if (ov > red[lid] || (ov == red[lid] && oi < red_idx[lid])) {
@@ -135,7 +163,7 @@ fn reduce_argmax(lid: u32, v: f32, i: u32) -> u32 {
         }
         workgroupBarrier();
     }
-    let r = red_idx[0];
+    let r = red_idx[lid - lid % TPR];
     workgroupBarrier();
     return r;
 }
@@ -377,21 +405,40 @@ fn write_dlogits(base: u32, j0: u32, stride: u32, dot: f32,
 
 // ---------------------------------------------------------------- entry points
 
+// Row `row` of the grid for thread lid (rows past p.rows are not valid: their threads skip the
+// work but still take part in the barriers).
+fn grid_row(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return flat_workgroup(wg, nwg) * (WG / TPR) + lid / TPR;
+}
+
 @compute @workgroup_size(WG)
 fn gumbel_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   lane: Lane) {
     let lid = lane.lid;
-    let row = flat_workgroup(wg, nwg);
-    if (row >= p.rows) {
-        return;
-    }
+    let row = grid_row(wg, nwg, lid);
+    let valid = row < p.rows;
     let base = row * p.classes;
+    let j0 = lid % TPR;
     var cache: array<vec4<f32>, CACHE>;
-    let m = reduce_max(lane, perturb(base, lid, WG, &cache));
-    let sum = reduce_sum(lane, exp_sum(base, lid, WG, m, &cache));
-    let best = normalise(base, lid, WG, Softmax(m, 1.0 / sum), &cache);
+    var own = LOWEST;
+    if (valid) {
+        own = perturb(base, j0, TPR, &cache);
+    }
+    let m = row_reduce(lane, own, true);
+    own = 0.0;
+    if (valid) {
+        own = exp_sum(base, j0, TPR, m, &cache);
+    }
+    let sum = row_reduce(lane, own, false);
+    var best = Best(-1.0, 0xffffffffu);
+    if (valid) {
+        best = normalise(base, j0, TPR, Softmax(m, 1.0 / sum), &cache);
+    }
     if (p.hard == 1u) {
-        write_one_hot(base, lid, WG, reduce_argmax(lid, best.value, best.index));
+        let arg = reduce_argmax(lid, best.value, best.index);
+        if (valid) {
+            write_one_hot(base, j0, TPR, arg);
+        }
     }
 }
 
@@ -399,47 +446,19 @@ fn gumbel_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
 fn gumbel_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                    lane: Lane) {
     let lid = lane.lid;
-    let row = flat_workgroup(wg, nwg);
-    if (row >= p.rows) {
-        return;
-    }
+    let row = grid_row(wg, nwg, lid);
+    let valid = row < p.rows;
     let base = row * p.classes;
+    let j0 = lid % TPR;
     var cache: array<Grad, CACHE>;
-    let dot = reduce_sum(lane, dot_y_soft_dy(base, lid, WG, &cache));
-    write_dlogits(base, lid, WG, dot, &cache);
-}
-
-// Short rows (K <= 64, host's choice): one thread per row, no workgroup reductions, so that
-// 64 rows share a workgroup instead of 64 threads sharing one short row.
-@compute @workgroup_size(WG)
-fn gumbel_forward_rows(@builtin(workgroup_id) wg: vec3<u32>,
-                       @builtin(num_workgroups) nwg: vec3<u32>,
-                       @builtin(local_invocation_index) lid: u32) {
-    let row = flat_workgroup(wg, nwg) * WG + lid;
-    if (row >= p.rows) {
-        return;
+    var own = 0.0;
+    if (valid) {
+        own = dot_y_soft_dy(base, j0, TPR, &cache);
     }
-    let base = row * p.classes;
-    var cache: array<vec4<f32>, CACHE>;
-    let m = perturb(base, 0u, 1u, &cache);
-    let sum = exp_sum(base, 0u, 1u, m, &cache);
-    let best = normalise(base, 0u, 1u, Softmax(m, 1.0 / sum), &cache);
-    if (p.hard == 1u) {
-        write_one_hot(base, 0u, 1u, best.index);
+    let dot = row_reduce(lane, own, false);
+    if (valid) {
+        write_dlogits(base, j0, TPR, dot, &cache);
     }
-}
-
-@compute @workgroup_size(WG)
-fn gumbel_backward_rows(@builtin(workgroup_id) wg: vec3<u32>,
-                        @builtin(num_workgroups) nwg: vec3<u32>,
-                        @builtin(local_invocation_index) lid: u32) {
-    let row = flat_workgroup(wg, nwg) * WG + lid;
-    if (row >= p.rows) {
-        return;
-    }
-    let base = row * p.classes;
-    var cache: array<Grad, CACHE>;
-    write_dlogits(base, 0u, 1u, dot_y_soft_dy(base, 0u, 1u, &cache), &cache);
 }
 
 // One thread per quad.

@@ -6,42 +6,38 @@ use crate::{WgpuBackend, WgpuBuffer};
 use flashneck_core::{Backend, DType, GumbelParams, Result};
 
 /// Threads per workgroup of the Gumbel kernels (the shader's `WG` override), but for rows
-/// longer than [`WIDE_ROW`].
+/// longer than 64 threads hold.
 const WG: u64 = 64;
-/// Threads per workgroup for rows longer than `WIDE_ROW`.
+/// Threads per workgroup (and per row) for rows longer than `WG` threads hold in registers.
 const WG_WIDE: u64 = 256;
-/// Rows up to this many classes run one thread per row (`*_rows` entry points); longer rows
-/// get a workgroup each.
-const SHORT_ROW: usize = 64;
-/// Rows longer than this (what 64 threads hold in registers at any alignment) get a
-/// workgroup of `WG_WIDE` threads.
-const WIDE_ROW: usize = 1021;
 /// Quads (4 elements) of its row each thread keeps in registers (`CACHE` in gumbel.wgsl).
 const CACHED_QUADS: usize = 4;
 
-/// How a row of `p.classes` is walked: the entry point (one thread per row, or a workgroup
-/// per row), the workgroup count for `p.rows` rows, the threads on one row, and the shader's
-/// `WG` override.
+/// How rows of `p.classes` are walked: `threads_per_row` threads (a power of two) share each
+/// row, a workgroup of `wg` threads takes `wg / threads_per_row` rows (the shader's `WG` and
+/// `TPR` overrides), and `workgroups` cover `p.rows`.
 struct RowLaunch {
-    entry: &'static str,
     workgroups: u64,
     threads_per_row: usize,
-    overrides: [(&'static str, u32); 1],
+    overrides: [(&'static str, u32); 2],
 }
 
-fn row_launch(p: &GumbelParams, per_row: &'static str, per_thread: &'static str) -> RowLaunch {
-    let (entry, workgroups, threads_per_row, wg) = if p.classes <= SHORT_ROW {
-        (per_thread, (p.rows as u64).div_ceil(WG), 1, WG)
-    } else if p.classes <= WIDE_ROW {
-        (per_row, p.rows as u64, WG as usize, WG)
+/// The fewest threads per row (a power of two) whose registers hold every row of `p.classes`
+/// at any alignment, up to a workgroup of 64; longer rows get 256 (and past what those hold,
+/// the f32 row of binding 3 takes the rest).
+fn row_launch(p: &GumbelParams) -> RowLaunch {
+    let quads = most_quads(p.classes);
+    let threads_per_row = quads.div_ceil(CACHED_QUADS).next_power_of_two();
+    let (threads_per_row, wg) = if threads_per_row <= WG as usize {
+        (threads_per_row, WG)
     } else {
-        (per_row, p.rows as u64, WG_WIDE as usize, WG_WIDE)
+        (WG_WIDE as usize, WG_WIDE)
     };
+    let rows_per_workgroup = wg / threads_per_row as u64;
     RowLaunch {
-        entry,
-        workgroups,
+        workgroups: (p.rows as u64).div_ceil(rows_per_workgroup),
         threads_per_row,
-        overrides: [("WG", wg as u32)],
+        overrides: [("WG", wg as u32), ("TPR", threads_per_row as u32)],
     }
 }
 
@@ -109,7 +105,7 @@ pub(crate) fn forward<T>(
     y_soft: Option<&mut WgpuBuffer<f32>>,
 ) -> Result<()> {
     let mut prm = Params::of(p);
-    let launch = row_launch(p, "gumbel_forward", "gumbel_forward_rows");
+    let launch = row_launch(p);
     prm.write_soft = u32::from(y_soft.is_some());
     // Binding 3 (f32) holds the values of the quads past each thread's registers before
     // y_soft, so that y, which may be stored as f16, is written once, rounded. Without y_soft:
@@ -129,7 +125,7 @@ pub(crate) fn forward<T>(
     };
     be.run(&[Launch {
         shader: Shader::Gumbel,
-        entry: launch.entry,
+        entry: "gumbel_forward",
         dtype,
         overrides: &launch.overrides,
         params: bytemuck::bytes_of(&prm),
@@ -151,10 +147,10 @@ pub(crate) fn backward<T>(
     dlogits: &mut WgpuBuffer<T>,
 ) -> Result<()> {
     let prm = Params::of(p);
-    let launch = row_launch(p, "gumbel_backward", "gumbel_backward_rows");
+    let launch = row_launch(p);
     be.run(&[Launch {
         shader: Shader::Gumbel,
-        entry: launch.entry,
+        entry: "gumbel_backward",
         dtype,
         overrides: &launch.overrides,
         params: bytemuck::bytes_of(&prm),
@@ -218,6 +214,51 @@ mod tests {
         let fields = host_fields!(Params; rows, classes, seed_lo, seed_hi, offset_lo, offset_hi,
             hard, inv_tau, elements, write_soft);
         check_params_layout(Shader::Gumbel, &fields, std::mem::size_of::<Params>());
+    }
+
+    /// Threads per row: the fewest (a power of two) that hold the row, up to 64; then 256,
+    /// which hold rows of up to 4094 classes, and of 4096. The workgroups cover every row.
+    #[test]
+    fn row_launch_takes_the_fewest_threads_that_hold_the_row() {
+        for k in 1..=5000usize {
+            let p = GumbelParams::new(37, k, 1.0);
+            let l = row_launch(&p);
+            let tpr = l.threads_per_row;
+            assert!(tpr.is_power_of_two(), "K = {k}: {tpr}");
+            let wg = l.overrides[0].1 as usize;
+            assert_eq!(l.overrides, [("WG", wg as u32), ("TPR", tpr as u32)]);
+            assert_eq!(wg, if tpr <= 64 { 64 } else { 256 }, "K = {k}");
+            assert!(l.workgroups as usize * (wg / tpr) >= 37, "K = {k}");
+            assert!((l.workgroups as usize - 1) * (wg / tpr) < 37, "K = {k}");
+            let fits = rows_fit_in_registers(&p, &l);
+            // 4094 = 2 mod 4 starts at even offsets only: 1024 quads, as 4093 and 4096.
+            assert_eq!(fits, k <= 4094 || k == 4096, "K = {k}");
+            if (2..=64).contains(&tpr) {
+                assert!(
+                    most_quads(k) > tpr / 2 * CACHED_QUADS,
+                    "K = {k}: {tpr} threads"
+                );
+            }
+            if fits {
+                assert!(most_quads(k) <= tpr * CACHED_QUADS, "K = {k}");
+            }
+        }
+        assert_eq!(
+            row_launch(&GumbelParams::new(1, 13, 1.0)).threads_per_row,
+            1
+        );
+        assert_eq!(
+            row_launch(&GumbelParams::new(1, 15, 1.0)).threads_per_row,
+            2
+        );
+        assert_eq!(
+            row_launch(&GumbelParams::new(1, 1000, 1.0)).threads_per_row,
+            64
+        );
+        assert_eq!(
+            row_launch(&GumbelParams::new(1, 1023, 1.0)).threads_per_row,
+            256
+        );
     }
 
     /// `most_quads` against counting: the quads that rows 0..8 of K classes overlap.

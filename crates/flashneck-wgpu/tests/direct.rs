@@ -611,20 +611,25 @@ fn gumbel_case<T: Element>(p: GumbelParams, rng: &mut impl Rng, seed: u64) {
     );
 }
 
-/// (rows, K, tau): short rows (K <= 64, one thread per row) and long rows (a workgroup each),
-/// on both sides of the switch. Odd K puts row boundaries mid-word in packed bf16: (9, 7) has
-/// threads of one workgroup sharing words, (4, 65) and (33, 257) workgroups. Each thread keeps
-/// 4 quads of its row in registers, and rows of more than 1021 classes get 256 threads instead
-/// of 64: (70, 10), (9, 7), (4, 13), (3, 1000), (5, 1021), (2, 1023), (2, 2053), (2, 4093) and
-/// (2, 4096) fit; (4, 15), (5, 64) and (2, 4095) send the rest through the f32 row of binding 3
-/// (a scratch buffer when y_soft is not asked for). At the edges: row 1 of (4, 15) starts at
-/// offset 3 of a quad and overlaps 5 quads, one more than a thread-per-row thread holds;
-/// (5, 1021) fills 64 threads at every alignment, and (2, 1023) is the first 256-thread row;
-/// row 1 of (2, 4095) overlaps 1025 quads, one more than 256 threads hold, while (2, 4093) and
-/// (2, 4096) fill them.
-const SHAPES: [(usize, usize, f32); 15] = [
+/// (rows, K, tau) on both sides of each change of threads per row (`row_launch`: the fewest of
+/// 1, 2, 4, ..., 64 whose 4 register quads each hold every row of K classes, else 256), so
+/// that a workgroup of 64 threads takes 64, 32, ..., 1 rows. Odd K puts row boundaries
+/// mid-word in packed bf16: (9, 7) has threads of one workgroup sharing words. Threads per row:
+/// 1 for (1, 1), (70, 10), (9, 7) and (4, 13), the last one-thread K (row 3 starts at offset 3
+/// of a quad and fills 4 quads); 2 for (4, 15), whose row 1 overlaps 5 quads, and (5, 29),
+/// whose rows overlap 8; 4 for (5, 31) (9 quads) and (5, 64); 8 for (4, 65); 16 for (6, 200);
+/// 32 for (33, 257); 64 for (3, 1000) and (5, 1021), which fills 64 threads at every
+/// alignment; 256 for (2, 1023), the first, (2, 2053), and (2, 4093) and (2, 4096), which fill
+/// them; row 1 of (2, 4095) overlaps 1025 quads, one more than 256 threads hold, so the rest
+/// goes through the f32 row of binding 3 (a scratch buffer when y_soft is not asked for).
+/// Workgroups past the last row: the second of (70, 10), the last of (6, 200) and of (33, 257)
+/// hold rows past it whose threads only join the barriers.
+const SHAPES: [(usize, usize, f32); 18] = [
     (4, 13, 0.9),
     (4, 15, 1.2),
+    (5, 29, 0.9),
+    (5, 31, 1.1),
+    (6, 200, 0.6),
     (5, 1021, 0.8),
     (2, 1023, 0.6),
     (2, 4093, 1.0),
