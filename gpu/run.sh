@@ -1,17 +1,39 @@
 #!/usr/bin/env bash
 # The GPU check of flashneck's CUDA backend (docs/cuda.md), run from the folder that
 # `cargo xtask gpu-bundle` writes. Needs a CUDA 13 driver, compute-sanitizer and python3 with
-# torch; no Rust. Writes JSON and logs under $OUT (default: ./out next to this script) and prints a
-# short table last. Every step has its own time limit: 90 + 30 + 40 + 60 + 60 + 125 + 45 + 45 =
+# torch; no Rust. Every step has its own time limit: 90 + 30 + 40 + 60 + 60 + 125 + 45 + 45 =
 # 495 s in all (575 s with each step's 10 s kill grace), plus a 15 s Vulkan probe, inside a 600 s
 # device command; the benches pace themselves (--time-budget) to end before their limits, so their
 # reports are always written.
+#
+# Output: the device tool brings back at most 8 files from $OUT, so the logs and reports go to a
+# work folder, packed into $OUT/all.tgz after every step (a killed run still leaves them), and
+# the end copies the 6 files people read into $OUT: gpu_check.json, side_by_side.json,
+# steps.tsv, results_cuda.json, results_wgpu.json, report_cuda.md. It prints a short table last.
+# Without $OUT (a local run) everything stays in ./out next to this script.
 set -u
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-OUT="${OUT:-$HERE/out}"
-mkdir -p "$OUT"
+if [ -n "${OUT:-}" ]; then
+    WORK="$HERE/work"
+    rm -rf "$WORK"
+else
+    OUT="$HERE/out"
+    WORK="$OUT"
+fi
+mkdir -p "$OUT" "$WORK"
 export PYTHONUNBUFFERED=1
 START=$(date +%s)
+# The copy of the tree that travels may not keep execute bits.
+chmod +x "$HERE"/conformance_cuda "$HERE"/conformance_wgpu "$HERE"/direct_wgpu \
+    "$HERE"/flashneck-bench "$HERE"/model-train 2>/dev/null
+# Which commit the bundle was built from (the tree copied to the device has no .git): the
+# benches record it, and so does gpu_check.json.
+FLASHNECK_COMMIT=$(sed -n 's/^commit=//p' "$HERE/BUNDLE_INFO" 2>/dev/null)
+export FLASHNECK_COMMIT="${FLASHNECK_COMMIT:-unknown}"
+# The kernels' cubins, compiled for sm_90 by `cargo xtask gpu-bundle`; the backend compiles what
+# is missing, once for all the processes below.
+export FLASHNECK_CUBIN_DIR="$HERE/cubins"
+mkdir -p "$FLASHNECK_CUBIN_DIR"
 
 # libnvrtc and libcublas of CUDA 13: python's nvidia wheels, then the toolkit.
 LIBDIRS=$(python3 - <<'PY' 2>/dev/null
@@ -30,24 +52,35 @@ for d in /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda/lib64 $LIBDIRS
 done
 export LD_LIBRARY_PATH
 
-STEPS="$OUT/steps.tsv"
+STEPS="$WORK/steps.tsv"
 : > "$STEPS"
-# step NAME LIMIT_S COMMAND... : run with a time limit, log to $OUT/NAME.log, record the outcome.
+# Pack the work folder into $OUT/all.tgz (when it is not $OUT itself).
+pack() {
+    [ "$WORK" != "$OUT" ] && tar -czf "$OUT/all.tgz" -C "$WORK" . 2>/dev/null
+    return 0
+}
+# step NAME LIMIT_S COMMAND... : run with a time limit, log to $WORK/NAME.log, record the
+# outcome. With CLASSIFY set to a function name, that function may restate the outcome from the
+# log (called as CLASSIFY STATUS LOG; prints the status).
+CLASSIFY=""
 step() {
     local name=$1 limit=$2; shift 2
     local t0=$(date +%s)
     echo "=== $name (limit ${limit}s): $*"
-    timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+    timeout --kill-after=10 "$limit" "$@" > "$WORK/$name.log" 2>&1
     local rc=$?
     local dt=$(( $(date +%s) - t0 ))
     local status=pass
     [ $rc -ne 0 ] && status=fail
     [ $rc -eq 124 ] || [ $rc -eq 137 ] && status=timeout
-    tail -n 15 "$OUT/$name.log"
+    [ -n "$CLASSIFY" ] && status=$("$CLASSIFY" "$status" "$WORK/$name.log")
+    tail -n 15 "$WORK/$name.log"
     printf '%s\t%s\t%s\t%s\n' "$name" "$status" "$rc" "$dt" >> "$STEPS"
+    pack
 }
 
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/device.txt" 2>&1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$WORK/device.txt" 2>&1
+cp "$HERE/BUNDLE_INFO" "$WORK/" 2>/dev/null
 
 # 1. Conformance, every op and dtype the backend claims; a missing driver fails.
 step conformance 90 env FLASHNECK_REQUIRE_CUDA=1 "$HERE/conformance_cuda" --test-threads=8
@@ -66,17 +99,41 @@ else
 fi
 
 # 2. compute-sanitizer over a subset (one launch path of every kernel family), on the small suite:
-#    the sanitizers slow kernels 10-100x.
-SUBSET="grkan::backward_matches_oracle grkan::forward_matches_oracle gumbel::forward_matches_oracle gumbel::backward_matches_oracle gumbel::large_k_and_one_row gumbel::noise_matches_philox attention::forward_matches_oracle attention::backward_matches_oracle attention::fully_masked_rows sparse::epilogue_matches_oracle sparse::random_layouts_backward sparse::block_topk_matches_oracle"
-step memcheck 60 env FLASHNECK_REQUIRE_CUDA=1 FLASHNECK_CONFORMANCE=small compute-sanitizer --tool memcheck --error-exitcode 1 \
-    --print-limit 20 "$HERE/conformance_cuda" --test-threads=1 $SUBSET
-step racecheck 60 env FLASHNECK_REQUIRE_CUDA=1 FLASHNECK_CONFORMANCE=small compute-sanitizer --tool racecheck --error-exitcode 1 \
-    --print-limit 20 "$HERE/conformance_cuda" --test-threads=1 $SUBSET
+#    the sanitizers slow kernels 10-100x, racecheck most on shared memory, so it runs fewer tests
+#    (the same kernels: every family, forward and backward, sparse and dense attention).
+SANITIZER=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+MEMCHECK_TESTS="grkan::backward_matches_oracle grkan::forward_matches_oracle gumbel::forward_matches_oracle gumbel::backward_matches_oracle gumbel::large_k_and_one_row gumbel::noise_matches_philox attention::forward_matches_oracle attention::backward_matches_oracle attention::fully_masked_rows sparse::epilogue_matches_oracle sparse::random_layouts_backward sparse::block_topk_matches_oracle"
+RACECHECK_TESTS="grkan::backward_matches_oracle gumbel::forward_matches_oracle gumbel::backward_matches_oracle attention::forward_matches_oracle sparse::random_layouts_backward sparse::block_topk_matches_oracle"
+# A sanitizer that does not support the device (it happens in sandboxed containers) is reported,
+# not failed; a filter that runs no test, or fewer than asked, fails.
+sanitizer_outcome() {
+    local status=$1 log=$2
+    if grep -q "Device not supported" "$log"; then
+        echo unsupported
+    elif [ "$status" = pass ] && ! grep -q "^running $EXPECT tests" "$log"; then
+        echo wrong-tests
+    else
+        echo "$status"
+    fi
+}
+CLASSIFY=sanitizer_outcome
+for tool in memcheck racecheck; do
+    if [ "$tool" = memcheck ]; then TESTS=$MEMCHECK_TESTS; else TESTS=$RACECHECK_TESTS; fi
+    EXPECT=$(echo $TESTS | wc -w)
+    if [ -x "$SANITIZER" ]; then
+        step $tool 60 env FLASHNECK_REQUIRE_CUDA=1 FLASHNECK_CONFORMANCE=small "$SANITIZER" \
+            --tool $tool --error-exitcode 1 --print-limit 20 "$HERE/conformance_cuda" \
+            --test-threads=1 $TESTS
+    else
+        printf '%s\tmissing\t-\t0\n' "$tool" >> "$STEPS"
+    fi
+done
+CLASSIFY=""
 
 # 3. The benches at the standard sizes (copy bandwidth, bf16 GEMM, the PyTorch peers, all in this
 #    run; --full does not fit the limit), CUDA first.
 if [ -x "$HERE/flashneck-bench" ]; then
-    step bench 125 "$HERE/flashneck-bench" --backend cuda --standard --time-budget 107 --out "$OUT/bench"
+    step bench 125 "$HERE/flashneck-bench" --backend cuda --standard --time-budget 107 --out "$WORK/bench"
 else
     printf 'bench\tmissing\t-\t0\n' >> "$STEPS"
 fi
@@ -87,15 +144,20 @@ fi
 #    the Vulkan loader; NVIDIA's Vulkan driver comes with the container's driver libraries when
 #    it has them.
 ICD=""
-for f in /usr/share/vulkan/icd.d/nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.json \
+# The device machine mounts the driver (Vulkan's manifest with it) under /usr/local/nvidia.
+for f in /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json \
+         /usr/share/vulkan/icd.d/nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.json \
          /usr/share/vulkan/icd.d/nvidia_icd.x86_64.json; do
     [ -f "$f" ] && { ICD="$f"; break; }
 done
 if [ -z "$ICD" ]; then
     # No manifest: write one for the driver's Vulkan library if the container has it.
     GLX=$(ldconfig -p 2>/dev/null | awk '/libGLX_nvidia.so.0/ {print $NF; exit}')
+    for g in /usr/local/nvidia/lib64/libGLX_nvidia.so.0 /usr/local/nvidia/lib/libGLX_nvidia.so.0; do
+        [ -z "$GLX" ] && [ -f "$g" ] && GLX="$g"
+    done
     if [ -n "$GLX" ]; then
-        ICD="$OUT/nvidia_icd.json"
+        ICD="$WORK/nvidia_icd.json"
         printf '{"file_format_version":"1.0.0","ICD":{"library_path":"%s","api_version":"1.3.0"}}\n' \
             "$GLX" > "$ICD"
     fi
@@ -109,15 +171,16 @@ wgpu_tests() {
 # that fails on a real adapter is a wgpu failure for the steps below, not a missing driver.
 VULKAN=""
 if [ -n "$ICD" ] && [ -x "$HERE/direct_wgpu" ]; then
-    export VK_ICD_FILENAMES="$ICD"
+    # Older loaders read VK_ICD_FILENAMES, newer ones VK_DRIVER_FILES.
+    export VK_ICD_FILENAMES="$ICD" VK_DRIVER_FILES="$ICD"
     WGPU_LD="$HERE/vulkan${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     timeout --kill-after=5 15 env LD_LIBRARY_PATH="$WGPU_LD" "$HERE/direct_wgpu" --exact \
-        --nocapture every_shader_fits_the_adapter_workgroup_memory > "$OUT/vulkan-probe.log" 2>&1
-    grep -q "wgpu adapter:" "$OUT/vulkan-probe.log" && VULKAN=yes
+        --nocapture every_shader_fits_the_adapter_workgroup_memory > "$WORK/vulkan-probe.log" 2>&1
+    grep -q "wgpu adapter:" "$WORK/vulkan-probe.log" && VULKAN=yes
 fi
 if [ -n "$VULKAN" ]; then
-    echo "Vulkan driver manifest: $ICD" > "$OUT/vulkan.txt"
-    grep -m1 "wgpu adapter" "$OUT/vulkan-probe.log" >> "$OUT/vulkan.txt"
+    echo "Vulkan driver manifest: $ICD" > "$WORK/vulkan.txt"
+    grep -m1 "wgpu adapter" "$WORK/vulkan-probe.log" >> "$WORK/vulkan.txt"
     if [ -x "$HERE/conformance_wgpu" ]; then
         export -f wgpu_tests
         export HERE
@@ -128,8 +191,8 @@ if [ -n "$VULKAN" ]; then
     fi
     if [ -x "$HERE/flashneck-bench" ]; then
         step bench-wgpu 45 env LD_LIBRARY_PATH="$WGPU_LD" \
-            "$HERE/flashneck-bench" --backend wgpu --standard --time-budget 34 \
-            --op grkan,gumbel_softmax,attention_forward --out "$OUT/bench-wgpu"
+            "$HERE/flashneck-bench" --backend wgpu --standard --time-budget 34 --no-peer \
+            --op grkan,gumbel_softmax,attention_forward --out "$WORK/bench-wgpu"
     else
         printf 'bench-wgpu\tmissing\t-\t0\n' >> "$STEPS"
     fi
@@ -141,20 +204,21 @@ else
     else
         why="manifest $ICD, but no adapter (see vulkan-probe.log)"
     fi
-    echo "no NVIDIA Vulkan driver in this container ($why)" > "$OUT/vulkan.txt"
-    unset VK_ICD_FILENAMES
+    echo "no NVIDIA Vulkan driver in this container ($why)" > "$WORK/vulkan.txt"
+    unset VK_ICD_FILENAMES VK_DRIVER_FILES
     printf 'wgpu-tests\tno-vulkan\t-\t0\n' >> "$STEPS"
     printf 'bench-wgpu\tno-vulkan\t-\t0\n' >> "$STEPS"
 fi
 
 # JSON summary, the side-by-side wgpu/CUDA figures, the bench report's head and the table of
 # steps, last.
-python3 - "$OUT" "$START" <<'PY'
+python3 - "$WORK" "$START" "$FLASHNECK_COMMIT" <<'PY'
 import json, os, sys, time
-out, start = sys.argv[1], int(sys.argv[2])
-# A step that could not run for want of something the container lacks (NVIDIA's Vulkan driver)
-# is reported but does not fail the check; everything else must pass.
-NOT_A_FAILURE = {"no-vulkan"}
+out, start, commit = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+# A step that could not run for want of something the container lacks (NVIDIA's Vulkan driver,
+# a sanitizer that supports the device) is reported but does not fail the check; everything
+# else must pass.
+NOT_A_FAILURE = {"no-vulkan", "unsupported"}
 steps = []
 for line in open(os.path.join(out, "steps.tsv")):
     name, status, rc, secs = line.rstrip("\n").split("\t")
@@ -200,6 +264,7 @@ json.dump(side, open(os.path.join(out, "side_by_side.json"), "w"), indent=2)
 
 summary = {
     "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    "commit": commit,
     "device": device,
     "total_seconds": int(time.time()) - start,
     "steps": steps,
@@ -217,9 +282,21 @@ if side:
         print(f"{r['op']:<24} wgpu {r['wgpu_dtype']:<4} vs cuda {r['cuda_dtype']:<4} {prob:<44}"
               f" {100 * r['wgpu_share_of_cuda']:6.1f}%")
 print(f"--- GPU check on {device}, {summary['total_seconds']} s ---")
-print(f"| {'step':<12} | {'status':<9} | {'s':>4} |")
+print(f"| {'step':<12} | {'status':<11} | {'s':>4} |")
 for s in steps:
-    print(f"| {s['step']:<12} | {s['status']:<9} | {s['seconds']:>4} |")
+    print(f"| {s['step']:<12} | {s['status']:<11} | {s['seconds']:>4} |")
 print("passed" if summary["passed"] else "FAILED")
 sys.exit(0 if summary["passed"] else 1)
 PY
+RC=$?
+# The files people read, beside all.tgz (at most 8 files come back from $OUT).
+if [ "$WORK" != "$OUT" ]; then
+    for f in gpu_check.json side_by_side.json steps.tsv; do
+        [ -f "$WORK/$f" ] && cp "$WORK/$f" "$OUT/$f"
+    done
+    [ -f "$WORK/bench/results.json" ] && cp "$WORK/bench/results.json" "$OUT/results_cuda.json"
+    [ -f "$WORK/bench/report.md" ] && cp "$WORK/bench/report.md" "$OUT/report_cuda.md"
+    [ -f "$WORK/bench-wgpu/results.json" ] && cp "$WORK/bench-wgpu/results.json" "$OUT/results_wgpu.json"
+    pack
+fi
+exit $RC

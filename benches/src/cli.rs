@@ -159,6 +159,12 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
 
 /// `git rev-parse HEAD`, with `-dirty` when the tree has uncommitted changes.
 pub fn commit() -> String {
+    // A copy of the tree without .git (the GPU bundle) says which commit it was built from.
+    if let Ok(c) = std::env::var("FLASHNECK_COMMIT")
+        && !c.trim().is_empty()
+    {
+        return c.trim().to_string();
+    }
     let out = |args: &[&str]| {
         Command::new("git")
             .args(args)

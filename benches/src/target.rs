@@ -80,14 +80,23 @@ mod cuda {
 
     impl BenchTarget for CudaBackend {
         fn measure_limits(&self) -> Limits {
+            let copy = self.copy_bandwidth_gbs(1 << 30);
+            let gemm = self.gemm_bf16_tflops(8192);
+            let mut method = "copy: CudaBackend::copy_bandwidth_gbs, device-to-device copy of 1 \
+                              GiB (bytes read + written); GEMM: CudaBackend::gemm_bf16_tflops, \
+                              cuBLAS bf16 8192^3 on random values with f32 accumulation"
+                .to_string();
+            // A ceiling that could not be measured says why in the report.
+            for (what, err) in [("copy", copy.as_ref().err()), ("GEMM", gemm.as_ref().err())] {
+                if let Some(e) = err {
+                    method.push_str(&format!("; {what} failed: {e}"));
+                }
+            }
             Limits {
-                copy_gbs: self.copy_bandwidth_gbs(1 << 30).ok(),
-                gemm_tflops: self.gemm_bf16_tflops(8192).ok(),
+                copy_gbs: copy.ok(),
+                gemm_tflops: gemm.ok(),
                 gemm_dtype: "bf16".into(),
-                method: "copy: CudaBackend::copy_bandwidth_gbs, device-to-device copy of 1 GiB \
-                         (bytes read + written); GEMM: CudaBackend::gemm_bf16_tflops, cuBLAS \
-                         bf16 8192^3 with f32 accumulation"
-                    .into(),
+                method,
             }
         }
 

@@ -124,6 +124,33 @@ pub fn run(args: &[String]) -> Result<(), String> {
         ),
     }
 
+    // The kernels compiled here for the H200 (sm_90) with NVRTC 13.0, the driver's version, so
+    // that no process of the check spends NVRTC's time on them: run.sh points the backend at
+    // them (FLASHNECK_CUBIN_DIR). Any other NVRTC leaves the folder empty; the backend then
+    // compiles on the device, once for all processes (it writes the folder too).
+    let cubins = out.join("cubins");
+    std::fs::create_dir_all(&cubins).map_err(|e| format!("{}: {e}", cubins.display()))?;
+    match flashneck_cuda::nvrtc::version() {
+        Ok((13, 0)) => {
+            let files =
+                flashneck_cuda::write_cubins(&cubins, "sm_90").map_err(|e| e.to_string())?;
+            println!(
+                "{} sm_90 cubins (NVRTC 13.0) in {}",
+                files.len(),
+                cubins.display()
+            );
+        }
+        Ok((major, minor)) => eprintln!(
+            "warning: NVRTC {major}.{minor} here, not 13.0: no precompiled cubins (the device \
+             compiles them)"
+        ),
+        Err(e) => eprintln!("warning: no precompiled cubins: {e}"),
+    }
+
+    // Which commit the bundle was built from (the tree copied to the device has no .git).
+    std::fs::write(out.join("BUNDLE_INFO"), bundle_info(&root))
+        .map_err(|e| format!("BUNDLE_INFO: {e}"))?;
+
     for entry in std::fs::read_dir(root.join("gpu")).map_err(|e| format!("gpu/: {e}"))? {
         let path = entry.map_err(|e| e.to_string())?.path();
         let keep = path.extension().is_some_and(|x| x == "sh" || x == "py");
@@ -139,6 +166,31 @@ pub fn run(args: &[String]) -> Result<(), String> {
             "the bundle has no flashneck-bench (run.sh will skip the benches): {e}"
         )),
     }
+}
+
+/// `commit=<HEAD>[-dirty]` and `built=<UTC time>` lines for run.sh.
+fn bundle_info(root: &Path) -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(root)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let head = git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    let built = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!(
+        "commit={head}{}\nbuilt={built}\n",
+        if dirty { "-dirty" } else { "" }
+    )
 }
 
 /// This machine's Vulkan loader (symbolic links resolved), if any.

@@ -4,7 +4,8 @@
 //!
 //! Modules: each `.cu` source is compiled by NVRTC at most once per process and device, to a
 //! cubin for the device's exact architecture (`sm_XY` from its compute capability: the driver
-//! refuses PTX newer than itself, a cubin it takes as is), on first use of one of its kernels.
+//! refuses PTX newer than itself, a cubin it takes as is), on first use of one of its kernels;
+//! with [`CUBIN_DIR_VAR`] set, at most once per folder of cubins, shared between processes.
 
 use crate::kernels;
 use crate::nvrtc;
@@ -12,6 +13,7 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, sys};
 use flashneck_core::{Error, Result};
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Backend names used in errors and in `info()`.
@@ -81,17 +83,91 @@ fn cubin_cache() -> &'static CubinCache {
 }
 
 fn cubin_for(source: usize, arch: &str) -> Result<Arc<Vec<u8>>> {
+    let dir = std::env::var_os(CUBIN_DIR_VAR).map(PathBuf::from);
+    cubin_in(dir.as_deref(), source, arch)
+}
+
+/// [`cubin_for`] with the folder of shared cubins `dir`, if any.
+fn cubin_in(dir: Option<&Path>, source: usize, arch: &str) -> Result<Arc<Vec<u8>>> {
     let mut cache = cubin_cache()
         .lock()
         .map_err(|_| Error::device(REAL, "the cubin cache lock is poisoned"))?;
     if let Some(c) = cache.get(&(source, arch.to_string())) {
         return Ok(c.clone());
     }
-    let (name, src) = kernels::SOURCES[source];
-    let compiled = nvrtc::compile(src, name, arch, &[]).map_err(|log| Error::device(REAL, log))?;
-    let c = Arc::new(compiled.image);
+    let file = dir.map(|d| d.join(cubin_file_name(source, arch)));
+    let image = match file.as_ref().and_then(|f| std::fs::read(f).ok()) {
+        Some(image) => image,
+        None => {
+            let image = compile_cubin(source, arch)?;
+            if let Some(f) = &file {
+                // A cache only: a folder that cannot be written costs a compile per process.
+                let _ = write_atomically(f, &image);
+            }
+            image
+        }
+    };
+    let c = Arc::new(image);
     cache.insert((source, arch.to_string()), c.clone());
     Ok(c)
+}
+
+/// The environment variable naming a folder of compiled cubins shared between processes: read
+/// before NVRTC runs, written after. The GPU check sets it to the bundle's `cubins/`, which
+/// `cargo xtask gpu-bundle` fills ahead of time ([`write_cubins`]), so that none of its
+/// processes spends NVRTC's ~13 s on the kernels.
+pub const CUBIN_DIR_VAR: &str = "FLASHNECK_CUBIN_DIR";
+
+fn compile_cubin(source: usize, arch: &str) -> Result<Vec<u8>> {
+    let (name, src) = kernels::SOURCES[source];
+    nvrtc::compile(src, name, arch, &[])
+        .map(|c| c.image)
+        .map_err(|log| Error::device(REAL, log))
+}
+
+/// The cache file of source `source`'s cubin for `arch`: its stem, the arch, and a hash of
+/// everything the cubin is compiled from (the source, the headers, NVRTC's options), so that a
+/// stale file is never picked.
+pub fn cubin_file_name(source: usize, arch: &str) -> String {
+    let (name, src) = kernels::SOURCES[source];
+    // FNV-1a, 64 bits: stable across builds and platforms (std's hasher is not).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes.iter().chain([0xffu8].iter()) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    eat(src.as_bytes());
+    for (n, hdr) in nvrtc::HEADERS {
+        eat(n.as_bytes());
+        eat(hdr.as_bytes());
+    }
+    eat(nvrtc::OPTIONS.join(" ").as_bytes());
+    eat(arch.as_bytes());
+    let stem = name.strip_suffix(".cu").unwrap_or(name);
+    format!("{stem}-{arch}-{h:016x}.cubin")
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Compile every kernel source for `arch` (e.g. `sm_90`) into `dir`, under the names the
+/// backend looks for when [`CUBIN_DIR_VAR`] names `dir`. Needs NVRTC, not a device. Returns the
+/// files written.
+pub fn write_cubins(dir: &Path, arch: &str) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::device(REAL, format!("{}: {e}", dir.display())))?;
+    (0..kernels::SOURCES.len())
+        .map(|source| {
+            let path = dir.join(cubin_file_name(source, arch));
+            write_atomically(&path, &compile_cubin(source, arch)?)
+                .map_err(|e| Error::device(REAL, format!("{}: {e}", path.display())))?;
+            Ok(path)
+        })
+        .collect()
 }
 
 /// Whether libcuda can be loaded (cudarc panics on first use otherwise).
@@ -265,5 +341,62 @@ impl Device {
             Device::Emulated => Ok(()),
             Device::Real(d) => d.stream.synchronize().map_err(driver_error),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh folder under the target directory's temp space.
+    fn scratch_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("flashneck-cubins-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn cubin_file_names_differ_by_source_and_arch_and_are_stable() {
+        let names: Vec<String> = (0..kernels::SOURCES.len())
+            .flat_map(|s| ["sm_80", "sm_90"].map(|a| cubin_file_name(s, a)))
+            .collect();
+        for (i, a) in names.iter().enumerate() {
+            assert!(a.ends_with(".cubin"), "{a}");
+            assert!(names[i + 1..].iter().all(|b| b != a), "{a} twice");
+        }
+        assert_eq!(cubin_file_name(0, "sm_90"), cubin_file_name(0, "sm_90"));
+        assert!(cubin_file_name(0, "sm_90").starts_with("grkan-sm_90-"));
+    }
+
+    /// With a folder, a cubin already there is used as is: no NVRTC (the arch is one NVRTC
+    /// does not know, so a compile would fail).
+    #[test]
+    fn a_cubin_in_the_folder_is_read_not_compiled() {
+        let dir = scratch_dir("read");
+        let file = dir.join(cubin_file_name(1, "sm_00"));
+        std::fs::write(&file, b"not really a cubin").unwrap();
+        let got = cubin_in(Some(&dir), 1, "sm_00").unwrap();
+        assert_eq!(got.as_slice(), b"not really a cubin");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `write_cubins` fills a folder with ELF cubins under the names the backend looks for
+    /// (needs NVRTC 13; says so and returns where there is none).
+    #[test]
+    fn write_cubins_names_every_source() {
+        if !nvrtc::present() {
+            println!("skipped: no libnvrtc (CUDA 13) on this machine");
+            return;
+        }
+        let dir = scratch_dir("write");
+        let files = write_cubins(&dir, "sm_90").unwrap();
+        assert_eq!(files.len(), kernels::SOURCES.len());
+        for (source, f) in files.iter().enumerate() {
+            assert_eq!(f, &dir.join(cubin_file_name(source, "sm_90")));
+            let bytes = std::fs::read(f).unwrap();
+            assert_eq!(&bytes[..4], b"\x7fELF", "{}", f.display());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

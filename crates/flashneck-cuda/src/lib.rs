@@ -27,6 +27,7 @@ mod memory;
 pub mod nvrtc;
 mod timing;
 
+pub use device::{CUBIN_DIR_VAR, cubin_file_name, write_cubins};
 pub use memory::CudaBuffer;
 
 use device::{Device, RealDevice};

@@ -22,6 +22,13 @@ pub const HEADERS: &[(&str, &str)] = &[(
     include_str!("../../../kernels/cuda/common.cuh"),
 )];
 
+/// NVRTC's options besides the architecture and the caller's extras.
+pub const OPTIONS: &[&str] = &[
+    "--std=c++17",
+    "--device-as-default-execution-space",
+    "-lineinfo",
+];
+
 /// Whether libnvrtc can be loaded (cudarc panics on first use otherwise).
 pub fn present() -> bool {
     // SAFETY: only tries to dlopen the library by its usual names; no symbol is used.
@@ -133,12 +140,8 @@ pub fn compile_with_headers(
     })
     .map_err(|e| format!("{name}: nvrtcCreateProgram: {e}"))?;
 
-    let mut opts: Vec<String> = vec![
-        format!("--gpu-architecture={arch}"),
-        "--std=c++17".into(),
-        "--device-as-default-execution-space".into(),
-        "-lineinfo".into(),
-    ];
+    let mut opts: Vec<String> = vec![format!("--gpu-architecture={arch}")];
+    opts.extend(OPTIONS.iter().map(|s| s.to_string()));
     opts.extend(extra.iter().map(|s| s.to_string()));
     let c_opts = opts
         .iter()

@@ -66,6 +66,22 @@ pub fn copy_bandwidth_gbs(dev: &Device, bytes: usize) -> Result<f64> {
 }
 
 /// cuBLAS bf16 GEMM (`n × n × n`, f32 accumulation) in TFLOP/s, best of 5 after a warm-up.
+/// `len` bf16 values uniform in [-1, 1) (xorshift64*, seeded by `seed`), as little-endian
+/// bytes.
+fn random_bf16_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64 ^ seed;
+    let mut out = Vec::with_capacity(2 * len);
+    for _ in 0..len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let r = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        let v = (r >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+        out.extend_from_slice(&((v.to_bits() >> 16) as u16).to_le_bytes());
+    }
+    out
+}
+
 pub fn gemm_bf16_tflops(dev: &Device, n: usize) -> Result<f64> {
     use cudarc::cublas::{CudaBlas, result::gemm_ex, sys};
     let Device::Real(d) = dev else {
@@ -81,10 +97,16 @@ pub fn gemm_bf16_tflops(dev: &Device, n: usize) -> Result<f64> {
     }
     d.ctx.bind_to_thread().map_err(real)?;
     let blas = CudaBlas::new(d.stream.clone()).map_err(real)?;
-    let bytes = n * n * 2;
-    // Random-ish bits would be better for clocks; 0x3c00-ish ones are fine for a rate.
-    let a = d.stream.clone_htod(&vec![0x3c_u8; bytes]).map_err(real)?;
-    let b = d.stream.clone_htod(&vec![0x3b_u8; bytes]).map_err(real)?;
+    // Random values: tensor cores draw less power (and clock higher) on constant data, which
+    // would overstate the ceiling every "fraction of GEMM" is measured against.
+    let a = d
+        .stream
+        .clone_htod(&random_bf16_bytes(n * n, 1))
+        .map_err(real)?;
+    let b = d
+        .stream
+        .clone_htod(&random_bf16_bytes(n * n, 2))
+        .map_err(real)?;
     let mut c = d.stream.alloc_zeros::<u8>(n * n * 4).map_err(real)?;
     let (alpha, beta) = (1.0f32, 0.0f32);
     let (pa, _ga) = a.device_ptr(&d.stream);
@@ -124,4 +146,24 @@ pub fn gemm_bf16_tflops(dev: &Device, n: usize) -> Result<f64> {
         best = best.min(time_ms(dev, &mut run)?);
     }
     Ok(2.0 * (n as f64).powi(3) / (best / 1e3) / 1e12)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_bf16_is_spread_over_minus_one_to_one() {
+        let bytes = random_bf16_bytes(10_000, 1);
+        let vals: Vec<f32> = bytes
+            .chunks(2)
+            .map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))
+            .collect();
+        assert!(vals.iter().all(|v| (-1.0..1.0).contains(v)));
+        let mean = vals.iter().sum::<f32>() / vals.len() as f32;
+        assert!(mean.abs() < 0.05, "{mean}");
+        let distinct: std::collections::HashSet<u32> = vals.iter().map(|v| v.to_bits()).collect();
+        assert!(distinct.len() > 1000, "{}", distinct.len());
+        assert_ne!(random_bf16_bytes(16, 1), random_bf16_bytes(16, 2));
+    }
 }
