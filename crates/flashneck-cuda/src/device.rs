@@ -16,6 +16,9 @@ use std::ffi::c_void;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
+/// Dynamic shared memory a kernel may use without opting in (CUDA's default limit).
+const DEFAULT_SHARED_LIMIT: u32 = 48 * 1024;
+
 /// Backend names used in errors and in `info()`.
 pub const REAL: &str = "cuda";
 pub const EMULATED: &str = "cuda-emu";
@@ -242,7 +245,13 @@ impl RealDevice {
                     let m = self
                         .ctx
                         .load_module(cudarc::nvrtc::Ptx::from_binary(cubin.to_vec()))
-                        .map_err(driver_error)?;
+                        .map_err(|e| {
+                            let file = kernels::SOURCES[source].0;
+                            Error::device(
+                                REAL,
+                                format!("loading {file}'s {} cubin: {e:?}", self.arch),
+                            )
+                        })?;
                     modules.insert(source, m.clone());
                     m
                 }
@@ -317,6 +326,20 @@ impl Device {
                 let f = d.function(kernel)?;
                 // Raw driver calls use the calling thread's current context.
                 d.ctx.bind_to_thread().map_err(driver_error)?;
+                // Past 48 KiB a kernel's dynamic shared memory must be opted into (the emulator
+                // takes up to the 227 KiB an sm_90 block may have either way).
+                if cfg.shared_bytes > DEFAULT_SHARED_LIMIT {
+                    f.set_attribute(
+                        sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        cfg.shared_bytes as i32,
+                    )
+                    .map_err(|e| {
+                        Error::device(
+                            REAL,
+                            format!("{kernel}: {} bytes of shared memory: {e:?}", cfg.shared_bytes),
+                        )
+                    })?;
+                }
                 // SAFETY: `ptrs` holds one pointer per kernel parameter, each to a value of the
                 // parameter's type that lives until the call returns (the driver copies them);
                 // the device pointers among them meet this function's contract.
