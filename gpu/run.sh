@@ -82,8 +82,10 @@ step() {
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$WORK/device.txt" 2>&1
 cp "$HERE/BUNDLE_INFO" "$WORK/" 2>/dev/null
 
-# 1. Conformance, every op and dtype the backend claims; a missing driver fails.
-step conformance 90 env FLASHNECK_REQUIRE_CUDA=1 "$HERE/conformance_cuda" --test-threads=8
+# 1. Conformance, every op and dtype the backend claims; a missing driver fails. Every launch is
+#    waited for (FLASHNECK_CUDA_SYNC), so that a fault names its kernel.
+step conformance 90 env FLASHNECK_REQUIRE_CUDA=1 FLASHNECK_CUDA_SYNC=1 "$HERE/conformance_cuda" \
+    --test-threads=8
 
 # 1b. The model crate trains on the device through the CUDA backend (every op family's forward
 #     and backward composed): dense attention to 90% held-out accuracy (97% on the CPU with this

@@ -16,6 +16,16 @@ use std::ffi::c_void;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
+/// Set to 1, the real device waits for every launch and names the kernel in the error of a
+/// fault (without it a fault shows at the next synchronisation, unnamed, and fails every later
+/// call of the process). The GPU check sets it for its tests; benches leave it unset.
+pub const SYNC_VAR: &str = "FLASHNECK_CUDA_SYNC";
+
+fn sync_each_launch() -> bool {
+    static SYNC: OnceLock<bool> = OnceLock::new();
+    *SYNC.get_or_init(|| std::env::var(SYNC_VAR).is_ok_and(|v| v == "1"))
+}
+
 /// Dynamic shared memory a kernel may use without opting in (CUDA's default limit).
 const DEFAULT_SHARED_LIMIT: u32 = 48 * 1024;
 
@@ -353,7 +363,16 @@ impl Device {
                         &mut ptrs,
                     )
                 }
-                .map_err(|e| Error::device(REAL, format!("{kernel}: launch failed: {e:?}")))
+                .map_err(|e| Error::device(REAL, format!("{kernel}: launch failed: {e:?}")))?;
+                if sync_each_launch() {
+                    d.stream.synchronize().map_err(|e| {
+                        Error::device(
+                            REAL,
+                            format!("{kernel} {cfg:?} failed on the device: {e:?}"),
+                        )
+                    })?;
+                }
+                Ok(())
             }
         }
     }
