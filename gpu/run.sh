@@ -175,7 +175,9 @@ VULKAN=""
 if [ -n "$ICD" ] && [ -x "$HERE/direct_wgpu" ]; then
     # Older loaders read VK_ICD_FILENAMES, newer ones VK_DRIVER_FILES.
     export VK_ICD_FILENAMES="$ICD" VK_DRIVER_FILES="$ICD"
-    WGPU_LD="$HERE/vulkan${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    # The manifest names the driver library by its bare name: the driver's folder goes on the
+    # search path too.
+    WGPU_LD="$HERE/vulkan:/usr/local/nvidia/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     timeout --kill-after=5 15 env LD_LIBRARY_PATH="$WGPU_LD" "$HERE/direct_wgpu" --exact \
         --nocapture every_shader_fits_the_adapter_workgroup_memory > "$WORK/vulkan-probe.log" 2>&1
     grep -q "wgpu adapter:" "$WORK/vulkan-probe.log" && VULKAN=yes
