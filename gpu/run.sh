@@ -10,7 +10,9 @@
 # work folder, packed into $OUT/all.tgz after every step (a killed run still leaves them), and
 # the end copies the 6 files people read into $OUT: gpu_check.json, side_by_side.json,
 # steps.tsv, results_cuda.json, results_wgpu.json, report_cuda.md. It prints a short table last.
-# Without $OUT (a local run) everything stays in ./out next to this script.
+# Without $OUT (a local run) everything stays in ./out next to this script. With
+# FLASHNECK_GPU_STEPS=name,name only those steps run (the others are recorded as not-run).
+# Steps: conformance model model-sparse memcheck racecheck bench wgpu-tests bench-wgpu.
 set -u
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 if [ -n "${OUT:-}" ]; then
@@ -63,8 +65,19 @@ pack() {
 # outcome. With CLASSIFY set to a function name, that function may restate the outcome from the
 # log (called as CLASSIFY STATUS LOG; prints the status).
 CLASSIFY=""
+# FLASHNECK_GPU_STEPS=a,b runs only the steps named (a rerun of what failed, in the time left);
+# the others are recorded as not-run.
+ONLY="${FLASHNECK_GPU_STEPS:-}"
+wanted() {
+    [ -z "$ONLY" ] && return 0
+    case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac
+}
 step() {
     local name=$1 limit=$2; shift 2
+    if ! wanted "$name"; then
+        printf '%s\tnot-run\t-\t0\n' "$name" >> "$STEPS"
+        return
+    fi
     local t0=$(date +%s)
     echo "=== $name (limit ${limit}s): $*"
     timeout --kill-after=10 "$limit" "$@" > "$WORK/$name.log" 2>&1
@@ -172,7 +185,7 @@ wgpu_tests() {
 # `wgpu adapter: ...` once it has opened one. That line, not the test's outcome, decides: a test
 # that fails on a real adapter is a wgpu failure for the steps below, not a missing driver.
 VULKAN=""
-if [ -n "$ICD" ] && [ -x "$HERE/direct_wgpu" ]; then
+if [ -n "$ICD" ] && [ -x "$HERE/direct_wgpu" ] && { wanted wgpu-tests || wanted bench-wgpu; }; then
     # Older loaders read VK_ICD_FILENAMES, newer ones VK_DRIVER_FILES.
     export VK_ICD_FILENAMES="$ICD" VK_DRIVER_FILES="$ICD"
     # The manifest names the driver library by its bare name: the driver's folder goes on the
@@ -222,7 +235,7 @@ out, start, commit = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 # A step that could not run for want of something the container lacks (NVIDIA's Vulkan driver,
 # a sanitizer that supports the device) is reported but does not fail the check; everything
 # else must pass.
-NOT_A_FAILURE = {"no-vulkan", "unsupported"}
+NOT_A_FAILURE = {"no-vulkan", "unsupported", "not-run"}
 steps = []
 for line in open(os.path.join(out, "steps.tsv")):
     name, status, rc, secs = line.rstrip("\n").split("\t")
