@@ -278,10 +278,20 @@ fn rescale_chunk(acc: array<vec4<f32>, 4>, f: vec4<f32>) -> array<vec4<f32>, 4> 
     return array<vec4<f32>, 4>(acc[0] * f.x, acc[1] * f.y, acc[2] * f.z, acc[3] * f.w);
 }
 
-// Row a of every chunk times f[a].
-fn rescale(acc: Acc, f: vec4<f32>) -> Acc {
-    return Acc(rescale_chunk(acc.c0, f), rescale_chunk(acc.c1, f), rescale_chunk(acc.c2, f),
-               rescale_chunk(acc.c3, f));
+// Row a of the `chunks` chunks in use times f[a].
+fn rescale(acc: Acc, chunks: u32, f: vec4<f32>) -> Acc {
+    var out = acc;
+    out.c0 = rescale_chunk(out.c0, f);
+    if (chunks > 1u) {
+        out.c1 = rescale_chunk(out.c1, f);
+    }
+    if (chunks > 2u) {
+        out.c2 = rescale_chunk(out.c2, f);
+    }
+    if (chunks > 3u) {
+        out.c3 = rescale_chunk(out.c3, f);
+    }
+    return out;
 }
 
 // ---------------------------------------------------------------- state and stores
@@ -376,23 +386,44 @@ fn store_chunk(acc: array<vec4<f32>, 4>, c: u32, out: u32, rows: Span, f: vec4<f
             fa *= rho[row];
         }
         let lo = row * rows.stride + rows.offset + col;
-        let hi = lo + min(4u, rows.dim - col);
+        let n = min(4u, rows.dim - col);
         var vals = acc[a] * fa;
         if (out == OUT_O && p.has_residual == 1u) {
-            for (var e = 0u; e < hi - lo; e++) {
-                vals[e] += residual_ld(lo + e);
+            vals += residual_quad(lo, n);
+        }
+        // The thread owns elements lo .. lo + n: whole words where lo is even, else the second
+        // half of word lo - 1, then pairs (every index a constant: no local-memory vector).
+        if ((lo & 1u) == 0u) {
+            store_pair(out, lo, true, n > 1u, vals.x, vals.y);
+            if (n > 2u) {
+                store_pair(out, lo + 2u, true, n > 3u, vals.z, vals.w);
+            }
+        } else {
+            store_pair(out, lo - 1u, false, true, 0.0, vals.x);
+            if (n > 1u) {
+                store_pair(out, lo + 1u, true, n > 2u, vals.y, vals.z);
+            }
+            if (n > 3u) {
+                store_pair(out, lo + 3u, true, false, vals.w, 0.0);
             }
         }
-        // Words w (even) overlapping [lo, hi): the thread owns element w when w >= lo, w + 1
-        // when w + 1 < hi.
-        for (var w = lo & ~1u; w < hi; w += 2u) {
-            let first = w >= lo;
-            let second = w + 1u < hi;
-            let v0 = select(0.0, vals[min(w - lo, 3u)], first);
-            let v1 = select(0.0, vals[min(w + 1u - lo, 3u)], second);
-            store_pair(out, w, first, second, v0, v1);
-        }
     }
+}
+
+// The residual's elements lo .. lo + n (n <= 4), 0 past them.
+fn residual_quad(lo: u32, n: u32) -> vec4<f32> {
+    var r = vec4<f32>(0.0);
+    r.x = residual_ld(lo);
+    if (n > 1u) {
+        r.y = residual_ld(lo + 1u);
+    }
+    if (n > 2u) {
+        r.z = residual_ld(lo + 2u);
+    }
+    if (n > 3u) {
+        r.w = residual_ld(lo + 3u);
+    }
+    return r;
 }
 
 // The tile's rows row0 .. (< n_rows) of a [.., dim] output whose first row is row_base.
@@ -533,7 +564,7 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
         store_weights(pr, t);
         // W_T complete, and every thread done reading RED before V_S overwrites it.
         workgroupBarrier();
-        acc = accumulate(rescale(acc, alpha), DV_CHUNKS, v_rows(tile.bkv, j0), t);
+        acc = accumulate(rescale(acc, DV_CHUNKS, alpha), DV_CHUNKS, v_rows(tile.bkv, j0), t);
     }
 
     if (p.last_pass == 0u) {
@@ -573,20 +604,39 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
 
 // ---------------------------------------------------------------- backward
 
-// Δ_i = Σ_d dO_id · O_id, one thread per query row.
+// Δ_i = Σ_d dO_id · O_id: 16 threads per query row (4 rows per workgroup) read consecutive
+// columns, and a fixed tree adds their 16 partial sums (the same bits every run).
+const DELTA_LANES: u32 = 16u;
+var<workgroup> delta_red: array<f32, WG>;
+
 @compute @workgroup_size(64)
 fn attention_backward_delta(@builtin(workgroup_id) wg: vec3<u32>,
                             @builtin(num_workgroups) nwg: vec3<u32>,
                             @builtin(local_invocation_index) t: u32) {
-    let row = flat_workgroup(wg, nwg) * WG + t;
-    if (row >= p.batch * p.heads_q * p.len_q) {
+    let rows = p.batch * p.heads_q * p.len_q;
+    let row0 = flat_workgroup(wg, nwg) * (WG / DELTA_LANES);
+    if (row0 >= rows) {
         return;
     }
+    let row = row0 + t / DELTA_LANES;
+    let lane = t % DELTA_LANES;
     var s = 0.0;
-    for (var c = 0u; c < p.head_dim_v; c++) {
-        s += d_o_ld(row * p.head_dim_v + c) * o_in_ld(row * p.head_dim_v + c);
+    if (row < rows) {
+        for (var c = lane; c < p.head_dim_v; c += DELTA_LANES) {
+            s += d_o_ld(row * p.head_dim_v + c) * o_in_ld(row * p.head_dim_v + c);
+        }
     }
-    delta[row] = s;
+    delta_red[t] = s;
+    workgroupBarrier();
+    for (var h = DELTA_LANES / 2u; h > 0u; h >>= 1u) {
+        if (lane < h) {
+            delta_red[t] += delta_red[t + h];
+        }
+        workgroupBarrier();
+    }
+    if (lane == 0u && row < rows) {
+        delta[row] = delta_red[t];
+    }
 }
 
 // LSE and Δ of query row i of head bh (MASKED and 0 past Lq, so that P = 0 there).

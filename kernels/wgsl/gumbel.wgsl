@@ -1,17 +1,18 @@
 // Gumbel-Softmax (SPEC §4) with counter-based Philox4x32-10 noise.
 //
 // Forward and backward give TPR threads to each row (a power of two, fixed per pipeline by the
-// host: the fewest whose registers hold the row, up to a whole workgroup of 64 threads, or 256
-// for rows of more than 1021 classes), so a workgroup of WG threads takes WG / TPR rows, and
+// host: the fewest whose registers hold the row at any alignment, up to a whole workgroup of 64
+// threads, or 256 for the longer rows, from 1023 classes), so a workgroup of WG threads takes
+// WG / TPR rows, and
 // the rows' max, sum and argmax are reduced among their TPR threads in workgroup memory.
 //
 // Work unit: the quad, flat elements 4c .. 4c + 3, which share one Philox call (SPEC §4: the
 // noise of flat element n is lane n % 4 of the call for counter n / 4). A thread walks the
 // quads that overlap its row (quad j0, j0 + TPR, ...; lanes of the rows around it are
 // skipped), draws each quad's words once, and keeps its first CACHE quads in registers; only
-// the rest of a long row goes through an f32 row in memory (binding 3). So rows of up to 4093
-// classes at any alignment (4096 when K is a multiple of 4) read logits once, draw the noise
-// once and write y (and y_soft if asked for) once. Stores go by pairs of elements (a quad is two words of
+// the rest of a long row goes through an f32 row in memory (binding 3). So rows of up to 4094
+// classes (and of 4096) read logits once, draw the noise once and write y (and y_soft if asked
+// for) once. Stores go by pairs of elements (a quad is two words of
 // packed bf16), so only pairs cut by a row boundary need the atomic lone-element store.
 // Flat indices fit in 32 bits: a storage binding holds fewer than 2^32 bytes (host-checked).
 

@@ -26,6 +26,8 @@ const CHUNK: usize = 64;
 const MAX_TOPK_KEY_BLOCKS: usize = 2048;
 /// Threads per workgroup of the row-wise kernels.
 const WG: u64 = 64;
+/// Query rows per workgroup of Δ (16 threads each: `DELTA_LANES` in attention.wgsl).
+const DELTA_ROWS_PER_WORKGROUP: u64 = 4;
 
 /// Must match `Params` in attention.wgsl and topk.wgsl.
 #[repr(C)]
@@ -371,7 +373,7 @@ pub(crate) fn backward<T>(
             &delta_params[..],
             &binds_delta[..],
             &[][..],
-            (s.lse_len() as u64).div_ceil(WG),
+            (s.lse_len() as u64).div_ceil(DELTA_ROWS_PER_WORKGROUP),
         ),
         (
             "attention_backward_dq",
