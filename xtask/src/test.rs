@@ -68,6 +68,11 @@ pub fn run(root: &Path, args: &[String]) -> i32 {
     // two runs (docs/cuda-emulator.md, "Races").
     let asan = "emulated CUDA suite under AddressSanitizer, reverse run-ahead schedule";
     if root.join("crates/flashneck-cuda/build.rs").exists() {
+        // LeakSanitizer ignores only what NVRTC keeps to exit (see the file).
+        let suppressions = format!(
+            "suppressions={}",
+            root.join("crates/flashneck-cuda/lsan.supp").display()
+        );
         steps.push(Step::cmd(
             asan,
             root,
@@ -76,6 +81,7 @@ pub fn run(root: &Path, args: &[String]) -> i32 {
             &[
                 ("FLASHNECK_EMU_ASAN", "1"),
                 ("FLASHNECK_EMU_SCHEDULE", "reverse-run-ahead"),
+                ("LSAN_OPTIONS", &suppressions),
             ],
         ));
     } else {
