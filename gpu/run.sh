@@ -8,8 +8,9 @@
 #
 # Output: the device tool brings back at most 8 files from $OUT, so the logs and reports go to a
 # work folder, packed into $OUT/all.tgz after every step (a killed run still leaves them), and
-# the end copies the 6 files people read into $OUT: gpu_check.json, side_by_side.json,
-# steps.tsv, results_cuda.json, results_wgpu.json, report_cuda.md. It prints a short table last.
+# the end copies the 7 files people read into $OUT: gpu_check.json, side_by_side.json,
+# steps.tsv, summary.txt (what is printed last), results_cuda.json, results_wgpu.json,
+# report_cuda.md. It prints a short table last.
 # Without $OUT (a local run) everything stays in ./out next to this script. With
 # FLASHNECK_GPU_STEPS=name,name only those steps run (the others are recorded as not-run).
 # Steps: conformance model model-sparse memcheck racecheck bench wgpu-tests bench-wgpu.
@@ -288,6 +289,13 @@ summary = {
     "passed": all(s["status"] == "pass" or s["status"] in NOT_A_FAILURE for s in steps),
 }
 json.dump(summary, open(os.path.join(out, "gpu_check.json"), "w"), indent=2)
+# What is printed last is also kept as summary.txt (docs/results/ takes it as it is).
+text = open(os.path.join(out, "summary.txt"), "w")
+def print(*args):
+    line = " ".join(str(a) for a in args)
+    sys.stdout.write(line + "\n")
+    text.write(line + "\n")
+print(f"commit {commit}, {summary['date_utc']}")
 report = os.path.join(out, "bench", "report.md")
 if os.path.exists(report):
     print("--- bench report (head) ---")
@@ -303,12 +311,13 @@ print(f"| {'step':<12} | {'status':<11} | {'s':>4} |")
 for s in steps:
     print(f"| {s['step']:<12} | {s['status']:<11} | {s['seconds']:>4} |")
 print("passed" if summary["passed"] else "FAILED")
+text.close()
 sys.exit(0 if summary["passed"] else 1)
 PY
 RC=$?
 # The files people read, beside all.tgz (at most 8 files come back from $OUT).
 if [ "$WORK" != "$OUT" ]; then
-    for f in gpu_check.json side_by_side.json steps.tsv; do
+    for f in gpu_check.json side_by_side.json steps.tsv summary.txt; do
         [ -f "$WORK/$f" ] && cp "$WORK/$f" "$OUT/$f"
     done
     [ -f "$WORK/bench/results.json" ] && cp "$WORK/bench/results.json" "$OUT/results_cuda.json"
