@@ -233,21 +233,19 @@ fn accumulate_chunk(acc: array<vec4<f32>, 4>, c: u32, m: Rows, t: u32) -> array<
     let tx = t % 16u;
     var out = acc;
     for (var h = 0u; h < 2u; h++) {
-        // V_S[j][cq][e] = M[m.row0 + 32 h + j][64 c + 4 cq + e]: four vec4 per thread,
-        // consecutive threads reading consecutive columns.
-        for (var n = 0u; n < 4u; n++) {
+        // V_S[j][col / 4][col % 4] = M[m.row0 + 32 h + j][64 c + col]: 16 elements per thread,
+        // consecutive threads reading consecutive columns (whole 128-byte lines of f32 per warp
+        // load) and storing consecutive words.
+        for (var n = 0u; n < 16u; n++) {
             let idx = t + TWG * n;
-            let r = m.row0 + 32u * h + idx / 16u;
-            let col0 = 64u * c + 4u * (idx % 16u);
-            var quad = vec4<f32>(0.0);
-            if (r < m.n_rows) {
-                for (var e = 0u; e < 4u; e++) {
-                    if (col0 + e < m.dim) {
-                        quad[e] = load(m.src, m.base + r * m.dim + col0 + e);
-                    }
-                }
+            let j = idx / 64u;
+            let col = idx % 64u;
+            let r = m.row0 + 32u * h + j;
+            var val = 0.0;
+            if (r < m.n_rows && 64u * c + col < m.dim) {
+                val = load(m.src, m.base + r * m.dim + 64u * c + col);
             }
-            smem[V_S + idx] = quad;
+            smem[V_S + j * 16u + col / 4u][col % 4u] = val;
         }
         workgroupBarrier();
         for (var j = 0u; j < 32u; j++) {
