@@ -4,9 +4,8 @@
 //! Dense attention runs the sparse kernels with `sparse = 0` (every key block up to the last
 //! visible one), so the two share one code path. The kernels share their load and store
 //! helpers, so each names every tensor binding; the ones a launch does not use (the layout for
-//! dense calls, the epilogue when absent, the other kernels' outputs) are bound to one-word
-//! stand-ins: one for read-only bindings, one for written ones (wgpu refuses a buffer bound both
-//! ways in one dispatch).
+//! dense calls, the epilogue when absent, the other kernels' outputs, the pass state of a
+//! single pass) are bound to the backend's one-word stand-ins.
 
 use crate::device::{Bind, Launch};
 use crate::shaders::Shader;
@@ -137,9 +136,9 @@ fn chunk_overrides(s: &AttentionShape) -> [(&'static str, u32); 2] {
     ]
 }
 
-/// Every tensor binding of attention.wgsl bound to a stand-in: `read` for the read-only ones,
+/// Every tensor binding of attention.wgsl bound to a stand-in (`WgpuBackend::stand_ins`): `read` for the read-only ones,
 /// `written` for the read-write ones. A launch replaces the ones it uses (`with`).
-fn stand_ins<'a>(read: &'a wgpu::Buffer, written: &'a wgpu::Buffer) -> Vec<(u32, Bind<'a>)> {
+fn unused_bindings<'a>(read: &'a wgpu::Buffer, written: &'a wgpu::Buffer) -> Vec<(u32, Bind<'a>)> {
     let mut binds: Vec<(u32, Bind<'a>)> = [1, 2, 3, 6, 7, 8, 9, 10, 11, 12, 17, 18]
         .into_iter()
         .map(|b| (b, Bind::Read(read)))
@@ -202,9 +201,16 @@ fn pass_params(prm: Params, passes: &[(u32, u32)]) -> Vec<Params> {
 }
 
 /// The loop state carried between passes (`state` in attention.wgsl): `len` f32 when there
-/// are several passes, else one word (bound read-write, so not the read-only stand-in).
-fn state_buffer(be: &WgpuBackend, passes: &[(u32, u32)], len: usize) -> Result<wgpu::Buffer> {
-    be.alloc_scratch(if passes.len() > 1 { len } else { 1 })
+/// are several passes; none for one pass, which binds the written stand-in (it neither restores
+/// nor saves state).
+fn state_buffer(
+    be: &WgpuBackend,
+    passes: &[(u32, u32)],
+    len: usize,
+) -> Result<Option<wgpu::Buffer>> {
+    (passes.len() > 1)
+        .then(|| be.alloc_scratch(len))
+        .transpose()
 }
 
 /// What the forward binds besides Q, K, V, O and LSE.
@@ -233,14 +239,14 @@ pub(crate) fn forward<T>(
 ) -> Result<()> {
     let s = &p.shape;
     let mut prm = Params::of(p);
-    let (read, written) = (be.alloc_scratch(1)?, be.alloc_scratch(1)?);
+    let (read, written) = be.stand_ins();
     let (counts, indices) = match x.layout {
         Some(l) => {
             prm.sparse = 1;
             prm.max_blocks = l.host().max_blocks() as u32;
             (l.counts().raw(), l.indices().raw())
         }
-        None => (&read, &read),
+        None => (read, read),
     };
     prm.has_rho = u32::from(x.row_scale.is_some());
     prm.has_residual = u32::from(x.residual.is_some());
@@ -248,7 +254,7 @@ pub(crate) fn forward<T>(
     // Per row: the running max, the 16 threads' partial sums, the accumulators.
     let state = state_buffer(be, &passes, s.lse_len() * (s.head_dim_v + 17))?;
     let binds = with(
-        stand_ins(&read, &written),
+        unused_bindings(read, written),
         &[
             (1, Bind::Read(q.raw())),
             (2, Bind::Read(k.raw())),
@@ -257,9 +263,9 @@ pub(crate) fn forward<T>(
             (5, Bind::Write(lse.raw())),
             (6, Bind::Read(counts)),
             (7, Bind::Read(indices)),
-            (8, Bind::Read(x.row_scale.map_or(&read, |b| b.raw()))),
-            (9, Bind::Read(x.residual.unwrap_or(&read))),
-            (19, Bind::Write(&state)),
+            (8, Bind::Read(x.row_scale.map_or(read, |b| b.raw()))),
+            (9, Bind::Read(x.residual.unwrap_or(read))),
+            (19, Bind::Write(state.as_ref().unwrap_or(written))),
         ],
     );
     let overrides = chunk_overrides(s);
@@ -303,7 +309,7 @@ pub(crate) fn backward<T>(
 ) -> Result<()> {
     let s = &p.shape;
     let mut prm = Params::of(p);
-    let (read, written) = (be.alloc_scratch(1)?, be.alloc_scratch(1)?);
+    let (read, written) = be.stand_ins();
     let delta = be.alloc_scratch(s.lse_len())?;
     let (counts, indices, counts_t, indices_t) = match layouts {
         Some((l, lt)) => {
@@ -317,7 +323,7 @@ pub(crate) fn backward<T>(
                 lt.indices().raw(),
             )
         }
-        None => (&read, &read, &read, &read),
+        None => (read, read, read, read),
     };
     let dq_passes = passes(Loop::Dq, s, be.barriers_per_pass);
     let dkdv_passes = passes(Loop::DkDv, s, be.barriers_per_pass);
@@ -333,7 +339,7 @@ pub(crate) fn backward<T>(
         (13, Bind::Write(&delta)),
     ];
     let inputs = with(
-        stand_ins(&read, &written),
+        unused_bindings(read, written),
         &[
             (1, Bind::Read(g.q.raw())),
             (2, Bind::Read(g.k.raw())),
@@ -349,7 +355,7 @@ pub(crate) fn backward<T>(
             (6, Bind::Read(counts)),
             (7, Bind::Read(indices)),
             (14, Bind::Write(g.dq.raw())),
-            (19, Bind::Write(&dq_state)),
+            (19, Bind::Write(dq_state.as_ref().unwrap_or(written))),
         ],
     );
     let binds_dkdv = with(
@@ -359,7 +365,7 @@ pub(crate) fn backward<T>(
             (18, Bind::Read(indices_t)),
             (15, Bind::Write(g.dk.raw())),
             (16, Bind::Write(g.dv.raw())),
-            (19, Bind::Write(&dkdv_state)),
+            (19, Bind::Write(dkdv_state.as_ref().unwrap_or(written))),
         ],
     );
     let overrides = chunk_overrides(s);

@@ -109,17 +109,14 @@ pub(crate) fn forward<T>(
     prm.write_soft = u32::from(y_soft.is_some());
     // Binding 3 (f32) holds the values of the quads past each thread's registers before
     // y_soft, so that y, which may be stored as f16, is written once, rounded. Without y_soft:
-    // a scratch row, or one word where the rows fit in registers (nothing is stored there).
+    // a scratch row, or the backend's written stand-in where the rows fit in registers
+    // (nothing is stored there).
     let scratch;
     let y_soft = match y_soft {
         Some(b) => b.raw(),
+        None if rows_fit_in_registers(p, &launch) => be.stand_ins().1,
         None => {
-            let len = if rows_fit_in_registers(p, &launch) {
-                1
-            } else {
-                p.len()
-            };
-            scratch = be.alloc_scratch(len)?;
+            scratch = be.alloc_scratch(p.len())?;
             &scratch
         }
     };

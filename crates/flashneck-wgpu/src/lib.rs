@@ -119,6 +119,11 @@ pub struct WgpuBackend {
     /// Workgroup barriers one attention dispatch may run (`attention::passes`): bounded on CPU
     /// adapters, whose llvmpipe stops long workgroups short; `None` (one pass) on GPUs.
     barriers_per_pass: Option<u32>,
+    /// One-word buffers bound where a kernel names a binding its launch does not use: one for
+    /// read-only bindings, one for written ones (wgpu refuses a buffer bound both ways in one
+    /// dispatch). Made once per device, not per call; no kernel stores to the written one.
+    stand_in_read: wgpu::Buffer,
+    stand_in_written: wgpu::Buffer,
     pipelines: Arc<Mutex<device::PipelineCache>>,
     fault: Fault,
 }
@@ -187,6 +192,15 @@ impl WgpuBackend {
 
         let barriers_per_pass = (adapter_info.device_type == wgpu::DeviceType::Cpu)
             .then_some(attention::MAX_BARRIERS_PER_PASS);
+        let stand_in = |label| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: WORD,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        };
+        let (stand_in_read, stand_in_written) = (stand_in("stand-in"), stand_in("stand-in (rw)"));
         Ok(WgpuBackend {
             adapter_info,
             device,
@@ -196,6 +210,8 @@ impl WgpuBackend {
             f16_storage: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             barriers_per_pass,
+            stand_in_read,
+            stand_in_written,
             pipelines: Arc::new(Mutex::new(HashMap::new())),
             fault,
         })
@@ -373,6 +389,11 @@ impl WgpuBackend {
             storage,
             _elem: PhantomData,
         })
+    }
+
+    /// The stand-ins for unused bindings: `(read-only, written)` (see the fields).
+    pub(crate) fn stand_ins(&self) -> (&wgpu::Buffer, &wgpu::Buffer) {
+        (&self.stand_in_read, &self.stand_in_written)
     }
 
     /// A scratch buffer of `len` f32 words (zero-filled) for a kernel's intermediate results.
