@@ -72,6 +72,9 @@ pub struct RealDevice {
     /// Loaded modules by index into [`kernels::SOURCES`].
     modules: Mutex<HashMap<usize, Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
+    /// Dynamic shared memory each kernel has been opted into past the default 48 KiB, so that
+    /// the driver call is made once per kernel and size, not on every launch.
+    shared_opt_in: Mutex<HashMap<String, u32>>,
 }
 
 /// Where kernels run.
@@ -234,7 +237,32 @@ impl RealDevice {
             name,
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
+            shared_opt_in: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Let `kernel` (loaded as `f`) take `bytes` of dynamic shared memory, past the 48 KiB a
+    /// kernel gets without asking; the driver is asked once per kernel and larger size.
+    fn opt_in_shared(&self, kernel: &str, f: &CudaFunction, bytes: u32) -> Result<()> {
+        let mut opted = self
+            .shared_opt_in
+            .lock()
+            .map_err(|_| Error::device(REAL, "the shared-memory table lock is poisoned"))?;
+        if opted.get(kernel).is_some_and(|&b| b >= bytes) {
+            return Ok(());
+        }
+        f.set_attribute(
+            sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            bytes as i32,
+        )
+        .map_err(|e| {
+            Error::device(
+                REAL,
+                format!("{kernel}: {bytes} bytes of shared memory: {e:?}"),
+            )
+        })?;
+        opted.insert(kernel.to_string(), bytes);
+        Ok(())
     }
 
     fn function(&self, kernel: &str) -> Result<CudaFunction> {
@@ -339,16 +367,7 @@ impl Device {
                 // Past 48 KiB a kernel's dynamic shared memory must be opted into (the emulator
                 // takes up to the 227 KiB an sm_90 block may have either way).
                 if cfg.shared_bytes > DEFAULT_SHARED_LIMIT {
-                    f.set_attribute(
-                        sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        cfg.shared_bytes as i32,
-                    )
-                    .map_err(|e| {
-                        Error::device(
-                            REAL,
-                            format!("{kernel}: {} bytes of shared memory: {e:?}", cfg.shared_bytes),
-                        )
-                    })?;
+                    d.opt_in_shared(kernel, &f, cfg.shared_bytes)?;
                 }
                 // SAFETY: `ptrs` holds one pointer per kernel parameter, each to a value of the
                 // parameter's type that lives until the call returns (the driver copies them);

@@ -65,7 +65,6 @@ pub fn copy_bandwidth_gbs(dev: &Device, bytes: usize) -> Result<f64> {
     Ok(2.0 * bytes as f64 / best / 1e9)
 }
 
-/// cuBLAS bf16 GEMM (`n × n × n`, f32 accumulation) in TFLOP/s, best of 5 after a warm-up.
 /// `len` bf16 values uniform in [-1, 1) (xorshift64*, seeded by `seed`), as little-endian
 /// bytes.
 fn random_bf16_bytes(len: usize, seed: u64) -> Vec<u8> {
@@ -82,6 +81,7 @@ fn random_bf16_bytes(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// cuBLAS bf16 GEMM (`n × n × n`, f32 accumulation) in TFLOP/s, best of 5 after a warm-up.
 pub fn gemm_bf16_tflops(dev: &Device, n: usize) -> Result<f64> {
     use cudarc::cublas::{CudaBlas, result::gemm_ex, sys};
     let Device::Real(d) = dev else {

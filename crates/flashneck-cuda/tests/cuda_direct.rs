@@ -4,7 +4,9 @@
 //! block-per-row resident and chunked Gumbel rows). The conformance suite
 //! (tests/conformance_emu.rs) checks the same ops on property-drawn shapes.
 
-use flashneck_conformance::{assert_close, bits, fresh_rng, random_input, relative_error};
+use flashneck_conformance::{
+    assert_close, bits, fresh_rng, nan_buffer, random_input, relative_error,
+};
 use flashneck_core::{
     Backend, DType, Element, Error, GrKanOps, GrKanParams, GumbelOps, GumbelParams,
 };
@@ -71,9 +73,9 @@ fn grkan_case<T: Element>(b: &CudaBackend, rng: &mut StdRng, seed: u64, p: GrKan
 
     // Bitwise reproducible (NaN-poisoned again, so that an element the second run leaves
     // unwritten cannot match).
-    let mut dx2 = b.upload(&vec![T::from_f32(f32::NAN); p.x_len()]).unwrap();
-    let mut da2 = b.upload(&vec![f32::NAN; p.a_len()]).unwrap();
-    let mut db2 = b.upload(&vec![f32::NAN; p.b_len()]).unwrap();
+    let mut dx2 = nan_buffer::<_, T>(b, p.x_len());
+    let mut da2 = nan_buffer::<_, f32>(b, p.a_len());
+    let mut db2 = nan_buffer::<_, f32>(b, p.b_len());
     b.grkan_backward(&p, &xd, &ad, &bd, &dyd, &mut dx2, &mut da2, &mut db2)
         .unwrap();
     assert_eq!(b.download(&dx2).unwrap(), b.download(&dx).unwrap());
