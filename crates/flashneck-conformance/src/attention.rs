@@ -476,6 +476,33 @@ pub fn gqa_eight_to_one<B: Kernels>(b: &B, cfg: Config) {
     crate::for_each_dtype!(gqa_typed, b, cfg);
 }
 
+fn every_head_dim_typed<T: Element>(b: &impl Kernels, _cfg: Config) {
+    let dims = match b.info().head_dims {
+        HeadDims::Exactly(list) => list,
+        HeadDims::UpTo(max) => vec![max.min(128)],
+    };
+    let (mut rng, seed) = fresh_rng();
+    for d in dims {
+        let dense = AttentionParams::new(AttentionShape::gqa(2, 4, 2, 131, 97, d));
+        let causal = dense.with_causal(true);
+        let sparse =
+            AttentionParams::new(AttentionShape::gqa(1, 2, 1, 150, 230, d)).with_causal(true);
+        let layout = crate::sparse::random_layout(&sparse, &mut rng, 0.5);
+        let what = format!("head dim {d}");
+        for (p, l) in [(&dense, None), (&causal, None), (&sparse, Some(&layout))] {
+            check_case::<_, T>(b, &what, p, l, seed);
+        }
+    }
+}
+
+/// Fixed cases: every head dim a backend with compiled kernels has (`HeadDims::Exactly`; one
+/// of at most 128 for the others), dense (GQA 2:1, then causal with `Lq > Lk`, whose first rows
+/// see no key) and sparse over a random layout (causal, `Lq < Lk`), on ragged shapes with
+/// several 64-row blocks: the properties draw head dims at random, and may miss one.
+pub fn every_head_dim<B: Kernels>(b: &B, cfg: Config) {
+    crate::for_each_dtype!(every_head_dim_typed, b, cfg);
+}
+
 /// Central finite differences of `Σ o ⊙ dO` (the oracle's forward) against the oracle's
 /// backward, for every element of `q`, `k`, `v`.
 pub(crate) fn finite_differences(p: &AttentionParams, layout: Option<&BlockLayout>, seed: u64) {
@@ -569,6 +596,7 @@ macro_rules! attention_tests {
                 empty_batch,
                 extreme_scale,
                 gqa_eight_to_one,
+                every_head_dim,
                 deterministic,
             ]
         );

@@ -51,33 +51,3 @@ fn driver_check_is_consistent() {
         None => assert!(CudaBackend::new(0).is_err()),
     }
 }
-
-/// Every head dim the device has kernels for, in every dtype, dense (GQA 2:1, then causal with
-/// `Lq > Lk`, whose first rows see no key) and sparse over a random layout (causal, `Lq < Lk`):
-/// the suite's properties pick head dims at random, so on one run they may miss one of them.
-/// Ragged lengths, several 64-row blocks, against the f64 oracle with NaN-poisoned outputs.
-#[test]
-fn every_head_dim_in_every_dtype() {
-    use flashneck_conformance::{attention::check_case, fresh_rng, sparse::random_layout};
-    use flashneck_core::{AttentionParams, AttentionShape, Backend, HeadDims};
-    use half::{bf16, f16};
-    let b = real!();
-    let dims = match b.info().head_dims {
-        HeadDims::Exactly(list) => list,
-        HeadDims::UpTo(max) => vec![max.min(128)],
-    };
-    let (mut rng, seed) = fresh_rng();
-    for d in dims {
-        let dense = AttentionParams::new(AttentionShape::gqa(2, 4, 2, 131, 97, d));
-        let causal = dense.with_causal(true);
-        let sparse =
-            AttentionParams::new(AttentionShape::gqa(1, 2, 1, 150, 230, d)).with_causal(true);
-        let layout = random_layout(&sparse, &mut rng, 0.5);
-        let what = format!("D = {d}");
-        for (p, l) in [(&dense, None), (&causal, None), (&sparse, Some(&layout))] {
-            check_case::<_, f32>(&b, &what, p, l, seed);
-            check_case::<_, f16>(&b, &what, p, l, seed);
-            check_case::<_, bf16>(&b, &what, p, l, seed);
-        }
-    }
-}
