@@ -17,6 +17,14 @@ pub fn run(args: &[String]) -> Result<(), String> {
     if !args.is_empty() {
         return Err(format!("gpu-bundle takes no arguments, got {args:?}"));
     }
+    // The bundle carries cubins compiled here by NVRTC: where the loader has none but pip's is
+    // installed, run again with it on the path (without any, the bundle warns and goes on).
+    if !flashneck_cuda::nvrtc::present()
+        && std::env::var_os(crate::kernels::REEXEC_FLAG).is_none()
+        && crate::kernels::python_nvrtc_dir().is_some()
+    {
+        return crate::kernels::rerun_with_nvrtc_path("gpu-bundle");
+    }
     let root = crate::workspace_root();
     let out = root.join(BUNDLE);
     if out.exists() {
@@ -148,7 +156,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
 
     // Which commit the bundle was built from (the tree copied to the device has no .git).
-    std::fs::write(out.join("BUNDLE_INFO"), bundle_info(&root))
+    std::fs::write(out.join("BUNDLE_INFO"), bundle_info())
         .map_err(|e| format!("BUNDLE_INFO: {e}"))?;
 
     for entry in std::fs::read_dir(root.join("gpu")).map_err(|e| format!("gpu/: {e}"))? {
@@ -168,29 +176,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
 }
 
-/// `commit=<HEAD>[-dirty]` and `built=<UTC time>` lines for run.sh.
-fn bundle_info(root: &Path) -> String {
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .args(args)
-            .current_dir(root)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    let head = git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into());
-    let dirty =
-        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
-    let built = Command::new("date")
-        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    format!(
-        "commit={head}{}\nbuilt={built}\n",
-        if dirty { "-dirty" } else { "" }
-    )
+/// `commit=<HEAD>[-dirty]` and `built=<UTC time>` lines for run.sh, as the bench's reports
+/// record them.
+fn bundle_info() -> String {
+    use flashneck_benches::cli::{commit, now_utc};
+    format!("commit={}\nbuilt={}\n", commit(), now_utc())
 }
 
 /// This machine's Vulkan loader (symbolic links resolved), if any.
