@@ -142,7 +142,9 @@ fn run<B: Kernels>(backend: &B, args: &Args) -> Result<()> {
     println!("backend: {}", backend.info().device);
     println!(
         "task: match (len {}, {} values, marks within {} tokens), model: {model_cfg:?}",
-        task.len, task.values, task.mark_span
+        task.len,
+        task.values,
+        task.mark_span()
     );
     let start = Instant::now();
     let (mut model, report) = train(backend, model_cfg, &task, cfg)?;

@@ -25,8 +25,9 @@ pub struct MatchTask {
     pub len: usize,
     pub values: usize,
     /// `len` (the default): two marked tokens anywhere. Less: the long variant, whose marked
-    /// tokens fill two distinct aligned spans `[s·span, (s+1)·span)` (`s` random).
-    pub mark_span: usize,
+    /// tokens fill two distinct aligned spans `[s·span, (s+1)·span)` (`s` random). Private:
+    /// only [`MatchTask::with_mark_span`], which checks it, sets it.
+    mark_span: usize,
 }
 
 /// Examples: `x [size, len, in_dim]` and a label per example.
@@ -59,6 +60,11 @@ impl MatchTask {
             values,
             mark_span: len,
         })
+    }
+
+    /// Tokens per marked span: `len` for the short task.
+    pub fn mark_span(&self) -> usize {
+        self.mark_span
     }
 
     /// The long variant: two marked spans of `span` tokens, one of value `a`, one of value `b`
@@ -122,8 +128,7 @@ impl MatchTask {
     /// the first carrying value `a`, those of the second value `b`; every other token is an
     /// unmarked distractor with a random value. The label says whether `a == b`.
     fn sample_long(&self, rng: &mut StdRng, n: usize) -> Batch {
-        // The fields are public: keep a hand-edited span in range.
-        let (len, dim, span) = (self.len, self.in_dim(), self.mark_span.clamp(2, self.len));
+        let (len, dim, span) = (self.len, self.in_dim(), self.mark_span);
         let mut x = vec![0.0f32; n * len * dim];
         let mut labels = Vec::with_capacity(n);
         for e in 0..n {

@@ -99,7 +99,6 @@ pub fn block_topk<B: Kernels>(
 /// Block-sparse attention over `layout` (SPEC §2): `(O, LSE)`. With `row_scale = Some(ρ)`, the
 /// backend's Re-ttention epilogue scales each output row, `o_i ← ρ_i · o_i` (no residual); `LSE`
 /// is the sparse one either way (reported before the epilogue).
-#[allow(clippy::too_many_arguments)]
 pub fn sparse_attention_forward<B: Kernels>(
     backend: &B,
     p: &AttentionParams,

@@ -203,7 +203,7 @@ impl Selection {
 }
 
 /// What the attention backward needs: the op's inputs and outputs, in head layout (`o` before
-/// any epilogue), and the top-k selection when there was one.
+/// any epilogue). The top-k selection, when there was one, is the layer's `last`.
 struct AttentionSaved {
     p: AttentionParams,
     q: Vec<f32>,
@@ -211,7 +211,6 @@ struct AttentionSaved {
     v: Vec<f32>,
     o: Vec<f32>,
     lse: Vec<f32>,
-    selection: Option<Selection>,
 }
 
 /// What the attention op gave: `o` and `lse` (what the backward needs), the layer's output
@@ -315,7 +314,8 @@ impl SelfAttention {
         let y = self
             .wo
             .forward(&linalg::merge_heads(out, batch, len, hq, d))?;
-        self.last.clone_from(&r.selection);
+        // Set together with `saved`, so the backward of this forward reads its selection.
+        self.last = r.selection;
         self.saved = Some(AttentionSaved {
             p,
             q,
@@ -323,7 +323,6 @@ impl SelfAttention {
             v,
             o: r.o,
             lse: r.lse,
-            selection: r.selection,
         });
         Ok(y)
     }
@@ -392,7 +391,7 @@ impl SelfAttention {
         let (batch, len) = (s.p.shape.batch, s.p.shape.len_q);
         let (hq, hkv, d) = (self.heads_q, self.heads_kv, self.head_dim);
         let mut d_o = linalg::split_heads(&self.wo.backward(dy)?, batch, len, hq, d);
-        let (dq, dk, dv) = match &s.selection {
+        let (dq, dk, dv) = match &self.last {
             None => {
                 host_ops::attention_backward(backend, &s.p, &s.q, &s.k, &s.v, &s.o, &d_o, &s.lse)?
             }
