@@ -27,15 +27,6 @@
 #define ATT_F32_THREADS 256
 #define ATT_F32_CHUNK 32
 
-// Key blocks holding a key that some row of query block qb sees (the dense path's loop bound).
-__device__ __forceinline__ int att_visible_blocks(int qb, int len_q, int len_k, int causal) {
-    if (!causal) return (len_k + ATT_BLOCK - 1) / ATT_BLOCK;
-    const long long last_row = (long long)min(qb * ATT_BLOCK + ATT_BLOCK, len_q) - 1;
-    long long keys = last_row + (long long)len_k - (long long)len_q + 1;
-    keys = keys < 0 ? 0 : (keys > len_k ? (long long)len_k : keys);
-    return (int)((keys + ATT_BLOCK - 1) / ATT_BLOCK);
-}
-
 // Whether keys [key0, key0 + n) may hold a key invisible to some row >= row0 (mask needed).
 __device__ __forceinline__ bool att_needs_mask(int key0, int n, int row0, int len_q, int len_k,
                                                int causal) {
@@ -63,7 +54,7 @@ __device__ __forceinline__ att_blocks att_blocks_of(const unsigned* counts, cons
         r.n = (int)counts[row];
     } else {
         r.list = 0;
-        r.n = att_visible_blocks(qb, len_q, len_k, causal);
+        r.n = fn_visible_key_blocks(qb, len_q, len_k, causal);
     }
     return r;
 }

@@ -85,14 +85,7 @@ __device__ __forceinline__ attn_bwd_list attn_bwd_key_blocks(const unsigned* cou
     attn_bwd_list l;
     l.idx = nullptr;
     l.first = 0;
-    long long visible = len_k;
-    if (causal) {
-        const long long last_row = min(qb * ATTN_BWD_BLOCK + ATTN_BWD_BLOCK, len_q) - 1;
-        visible = last_row + len_k - len_q + 1;
-        if (visible < 0) visible = 0;
-        if (visible > len_k) visible = len_k;
-    }
-    l.count = (int)((visible + ATTN_BWD_BLOCK - 1) / ATTN_BWD_BLOCK);
+    l.count = fn_visible_key_blocks(qb, len_q, len_k, causal);
     return l;
 }
 
@@ -373,7 +366,6 @@ FLASHNECK_EXPORT(attn_bwd_dq_simt_f32_d128)
 //   products X(R × D)  += F(R × TR) · streamed : A = F from the score accumulators, rounded to
 //            the element type (the accumulator layout of two n-tiles is the A layout of one
 //            k-step), B = streamed rows (ldmatrix.trans).
-
 
 template <int D>
 struct attn_bwd_mma_dims {

@@ -266,6 +266,17 @@ struct fn_vec<fn_bf16_t, N> : fn_vec_half<fn_bf16_t, N> {};
 template <typename S>
 using fn_vec16 = fn_vec<S, 16 / (int)sizeof(typename fn_elem<S>::storage)>;
 
+// Dense attention's key blocks for query block qb: the 64-key blocks up to the one holding the
+// last key its last row sees (causal is bottom-right aligned; BlockLayout::causal). The forward
+// and backward kernels both walk them.
+__device__ __forceinline__ int fn_visible_key_blocks(int qb, int len_q, int len_k, int causal) {
+    if (!causal) return (len_k + 63) / 64;
+    const long long last_row = (long long)min(qb * 64 + 64, len_q) - 1;
+    long long keys = last_row + (long long)len_k - (long long)len_q + 1;
+    keys = keys < 0 ? 0 : (keys > len_k ? (long long)len_k : keys);
+    return (int)((keys + 63) / 64);
+}
+
 // ---- fixed-order reductions ---------------------------------------------------------------------
 // Sum over a warp by an xor butterfly: every lane gets the same, order-fixed result.
 __device__ __forceinline__ float fn_warp_sum(float v) {
