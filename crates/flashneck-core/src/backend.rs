@@ -160,7 +160,7 @@ impl<B: Backend> DeviceLayout<B> {
     /// `p`'s shape with rows of `max_blocks`, given with its host copy (`host_counts`,
     /// `host_indices`, as read back): validated as any layout, so that a kernel bug breaking
     /// the layout rules is [`Error::Device`] of `backend` rather than a wrong answer.
-        pub fn from_device(
+    pub fn from_device(
         backend: &str,
         p: &AttentionParams,
         max_blocks: usize,

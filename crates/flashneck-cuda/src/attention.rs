@@ -145,10 +145,10 @@ pub(crate) fn layout_args(
     }
 }
 
-/// The shared launch of dense (`layout` None, no epilogue) and sparse forward (lengths already
-/// checked by the caller).
+/// The forward, dense (`layout` None, no epilogue; SPEC §1) or sparse over `layout` with the
+/// optional epilogue `o ← ρ·o + R` (SPEC §2); lengths already checked by the caller.
 #[allow(clippy::too_many_arguments)]
-fn launch_forward<T: Element>(
+pub(crate) fn forward<T: Element>(
     dev: &Device,
     p: &AttentionParams,
     layout: Option<&DeviceLayout<CudaBackend>>,
@@ -200,35 +200,6 @@ fn launch_forward<T: Element>(
     // residual, when given, hold lse_len and o_len elements (checked), else 0 and never read.
     // o and lse are borrowed mutably, so no input aliases them. One block per (qb, hq, b).
     unsafe { dev.launch(&kernel_name::<T>("attention_forward", d), &cfg, &args) }
-}
-
-/// Dense forward: `O`, `LSE` (SPEC §1).
-pub(crate) fn forward<T: Element>(
-    dev: &Device,
-    p: &AttentionParams,
-    q: &CudaBuffer<T>,
-    k: &CudaBuffer<T>,
-    v: &CudaBuffer<T>,
-    o: &mut CudaBuffer<T>,
-    lse: &mut CudaBuffer<f32>,
-) -> Result<()> {
-    launch_forward(dev, p, None, SparseEpilogue::none(), q, k, v, o, lse)
-}
-
-/// Sparse forward over `layout` with the optional epilogue `o ← ρ·o + R` (SPEC §2).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn sparse_forward<T: Element>(
-    dev: &Device,
-    p: &AttentionParams,
-    layout: &DeviceLayout<CudaBackend>,
-    q: &CudaBuffer<T>,
-    k: &CudaBuffer<T>,
-    v: &CudaBuffer<T>,
-    epilogue: SparseEpilogue<'_, CudaBackend, T>,
-    o: &mut CudaBuffer<T>,
-    lse: &mut CudaBuffer<f32>,
-) -> Result<()> {
-    launch_forward(dev, p, Some(layout), epilogue, q, k, v, o, lse)
 }
 
 /// Block means of `x [heads, len, dim]` into `means [heads, ceil(len/64), dim]` (topk_pool).

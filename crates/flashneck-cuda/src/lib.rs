@@ -163,7 +163,17 @@ impl AttentionOps for CudaBackend {
         lse: &mut CudaBuffer<f32>,
     ) -> Result<()> {
         checks::attention_forward(p, q, k, v, o, lse)?;
-        attention::forward(&self.device, p, q, k, v, o, lse)
+        attention::forward(
+            &self.device,
+            p,
+            None,
+            SparseEpilogue::none(),
+            q,
+            k,
+            v,
+            o,
+            lse,
+        )
     }
 
     fn attention_backward<T: Element>(
@@ -197,7 +207,7 @@ impl SparseAttentionOps for CudaBackend {
         lse: &mut CudaBuffer<f32>,
     ) -> Result<()> {
         checks::sparse_forward(p, layout, q, k, v, &epilogue, o, lse)?;
-        attention::sparse_forward(&self.device, p, layout, q, k, v, epilogue, o, lse)
+        attention::forward(&self.device, p, Some(layout), epilogue, q, k, v, o, lse)
     }
 
     fn sparse_attention_backward<T: Element>(
