@@ -244,7 +244,8 @@ for line in open(os.path.join(out, "steps.tsv")):
 device = open(os.path.join(out, "device.txt")).read().strip()
 
 def cases(path):
-    """Median seconds of every case that ran, by (op, dtype, problem label)."""
+    """(median seconds, share of the compute ceiling or None) of every case that ran, by
+    (op, dtype, problem label)."""
     try:
         res = json.load(open(path))
     except (OSError, ValueError):
@@ -255,7 +256,8 @@ def cases(path):
             t = c.get("time") or {}
             if c.get("status") == "ok" and t.get("median_s"):
                 case = c["case"]
-                got[(case["op"], case["dtype"], label(case["problem"]))] = t["median_s"]
+                got[(case["op"], case["dtype"], label(case["problem"]))] = (
+                    t["median_s"], c.get("fraction_of_gemm"))
     return got
 
 def label(p):
@@ -264,20 +266,23 @@ def label(p):
 # Issue 5: wgpu's throughput over CUDA's on the same problem (GR-KAN and Gumbel-Softmax, same
 # dtype), and wgpu's f32 attention forward over CUDA's f16 one (the issue's target), also over
 # CUDA's f32 one (the comparison the issue note proposes: no tensor cores on either side).
+# Each entry also carries wgpu's share of its own compute ceiling, the f32 FMA peak measured in
+# the same run: how far the WGSL kernel is from what the API lets it reach.
 cuda = cases(os.path.join(out, "bench", "results.json"))
 wgpu = cases(os.path.join(out, "bench-wgpu", "results.json"))
 side = []
-for (op, dt, prob), t_wgpu in sorted(wgpu.items()):
+for (op, dt, prob), (t_wgpu, fma_share) in sorted(wgpu.items()):
     if op == "attention_forward":
         refs = ["f16", "f32"] if dt == "f32" else []
     else:
         refs = [dt]
     for ref_dt in refs:
-        t_cuda = cuda.get((op, ref_dt, prob))
+        t_cuda = cuda.get((op, ref_dt, prob), (None,))[0]
         if t_cuda:
             side.append({"op": op, "wgpu_dtype": dt, "cuda_dtype": ref_dt,
                          "problem": json.loads(prob), "wgpu_s": t_wgpu, "cuda_s": t_cuda,
-                         "wgpu_share_of_cuda": t_cuda / t_wgpu})
+                         "wgpu_share_of_cuda": t_cuda / t_wgpu,
+                         "wgpu_share_of_f32_fma_peak": fma_share})
 json.dump(side, open(os.path.join(out, "side_by_side.json"), "w"), indent=2)
 
 summary = {
@@ -301,11 +306,14 @@ if os.path.exists(report):
     print("--- bench report (head) ---")
     print("".join(open(report).readlines()[:40]))
 if side:
-    print("--- wgpu throughput as a share of CUDA's, same GPU, same run ---")
+    print("--- wgpu throughput as a share of CUDA's (and of wgpu's f32 FMA peak), same GPU, "
+          "same run ---")
     for r in side:
         prob = " ".join(f"{k}={v}" for k, v in r["problem"].items() if k != "family")
+        fma = r["wgpu_share_of_f32_fma_peak"]
+        fma = f"{100 * fma:5.1f}% FMA" if fma is not None else "    - FMA"
         print(f"{r['op']:<24} wgpu {r['wgpu_dtype']:<4} vs cuda {r['cuda_dtype']:<4} {prob:<44}"
-              f" {100 * r['wgpu_share_of_cuda']:6.1f}%")
+              f" {100 * r['wgpu_share_of_cuda']:6.1f}%  {fma}")
 print(f"--- GPU check on {device}, {summary['total_seconds']} s ---")
 print(f"| {'step':<12} | {'status':<11} | {'s':>4} |")
 for s in steps:

@@ -40,12 +40,21 @@ pub struct BackendResults {
 pub struct Limits {
     /// Copy bandwidth, GB/s (bytes read plus bytes written, per second).
     pub copy_gbs: Option<f64>,
-    /// Dense GEMM rate, TFLOP/s.
+    /// The compute ceiling, TFLOP/s: a dense GEMM's rate (CPU, CUDA), or the f32 FMA peak
+    /// where the API reaches no GEMM unit (wgpu).
     pub gemm_tflops: Option<f64>,
-    /// Element type of that GEMM (`f32` on the CPU, `bf16` on CUDA).
+    /// Element type of that ceiling (`f32` on the CPU and wgpu, `bf16` on CUDA).
     pub gemm_dtype: String,
+    /// What the ceiling measures: `GEMM`, or `FMA peak` (independent fused multiply-adds on
+    /// registers). Results recorded before this field read as `GEMM`.
+    #[serde(default = "gemm_ceiling")]
+    pub compute_ceiling: String,
     /// How they were measured.
     pub method: String,
+}
+
+fn gemm_ceiling() -> String {
+    "GEMM".into()
 }
 
 /// What happened to one case.
@@ -78,10 +87,10 @@ pub struct CaseResult {
     pub tflops: Option<f64>,
     /// Achieved GB/s over the measured copy bandwidth.
     pub fraction_of_copy: Option<f64>,
-    /// Achieved TFLOP/s over the measured GEMM rate.
+    /// Achieved TFLOP/s over the measured compute ceiling (GEMM rate or FMA peak).
     pub fraction_of_gemm: Option<f64>,
     /// Which ceiling binds under the roofline model: `memory` when the op's arithmetic
-    /// intensity is below the ridge point (GEMM rate / copy bandwidth), else `compute`.
+    /// intensity is below the ridge point (compute ceiling / copy bandwidth), else `compute`.
     pub bound: Option<String>,
     pub peer: Option<PeerResult>,
 }
@@ -108,6 +117,7 @@ impl Limits {
             copy_gbs: max(self.copy_gbs, other.copy_gbs),
             gemm_tflops: max(self.gemm_tflops, other.gemm_tflops),
             gemm_dtype: self.gemm_dtype.clone(),
+            compute_ceiling: self.compute_ceiling.clone(),
             method: format!(
                 "{}; the better of a measurement before and one after the cases",
                 self.method
@@ -210,6 +220,7 @@ mod tests {
             copy_gbs: Some(10.0),
             gemm_tflops: Some(0.1),
             gemm_dtype: "f32".into(),
+            compute_ceiling: "GEMM".into(),
             method: String::new(),
         };
         // Ridge at 10 FLOP/B: 1 FLOP/B is memory-bound, 100 compute-bound.

@@ -119,7 +119,7 @@ fn svg_charts_are_well_formed_with_a_point_per_case() {
                 .filter(|c| c.status == Status::Ok)
                 .count();
             assert_eq!(groups("point"), ran, "one roofline point per case that ran");
-            assert_eq!(groups("ceiling"), 2, "bandwidth and GEMM ceilings");
+            assert_eq!(groups("ceiling"), 2, "bandwidth and compute ceilings");
             // Every coordinate is a finite number inside the chart.
             for n in doc.descendants().filter(|n| n.has_tag_name("circle")) {
                 for a in ["cx", "cy"] {
@@ -171,4 +171,31 @@ fn results_json_round_trips() {
     let res = recorded();
     let again: Results = serde_json::from_str(&serde_json::to_string(&res).unwrap()).unwrap();
     assert_eq!(res, again);
+}
+
+/// Every report names what the compute ceiling is: results recorded before the field existed
+/// read as a GEMM; wgpu's FMA peak is labelled as such in the text, markdown, HTML and SVG.
+#[test]
+fn the_compute_ceiling_is_named() {
+    let mut res = recorded();
+    assert!(
+        res.backends
+            .iter()
+            .all(|b| b.limits.compute_ceiling == "GEMM")
+    );
+    assert!(report::text_table(&res).contains("f32 GEMM"));
+    res.backends[0].limits.compute_ceiling = "FMA peak".into();
+    for (what, text) in [
+        ("stdout", report::text_table(&res)),
+        ("report.md", report::markdown(&res)),
+        ("report.html", report::html(&res)),
+    ] {
+        assert!(
+            text.contains("f32 FMA peak"),
+            "{what} does not name the FMA peak"
+        );
+    }
+    let html = report::html(&res);
+    let svg = &html[html.find("<svg").unwrap()..];
+    assert!(svg[..svg.find("</svg>").unwrap()].contains("f32 FMA peak"));
 }

@@ -51,8 +51,18 @@ pub fn fmt_ratio(r: f64) -> String {
 
 /// The columns of the results table.
 pub const COLUMNS: [&str; 12] = [
-    "#", "op", "dtype", "problem", "median", "spread", "GB/s", "TFLOP/s", "% copy", "% gemm",
-    "peer", "speedup",
+    "#",
+    "op",
+    "dtype",
+    "problem",
+    "median",
+    "spread",
+    "GB/s",
+    "TFLOP/s",
+    "% copy",
+    "% compute",
+    "peer",
+    "speedup",
 ];
 
 /// One row of the results table, as text (shared by every report).
@@ -105,8 +115,13 @@ pub fn limits_line(b: &BackendResults) -> String {
         None => "no copy bandwidth".into(),
     };
     match b.limits.gemm_tflops {
-        Some(v) => format!("{copy}, {} GEMM {} TFLOP/s", b.limits.gemm_dtype, sig3(v)),
-        None => format!("{copy}, no GEMM ceiling"),
+        Some(v) => format!(
+            "{copy}, {} {} {} TFLOP/s",
+            b.limits.gemm_dtype,
+            b.limits.compute_ceiling,
+            sig3(v)
+        ),
+        None => format!("{copy}, no compute ceiling"),
     }
 }
 
@@ -180,8 +195,8 @@ pub fn markdown(res: &Results) -> String {
     ));
     out.push_str(
         "\nMedian time over the runs after warm-up, spread = half the 10th–90th percentile range; \
-         rates from the median; % copy and % gemm are the shares of the copy bandwidth and the GEMM \
-         rate measured in the same run, starred for the ceiling that binds under the roofline \
+         rates from the median; % copy and % compute are the shares of the copy bandwidth and the \
+         compute ceiling (a GEMM rate, or on wgpu the f32 FMA peak) measured in the same run, starred for the ceiling that binds under the roofline \
          model; speedup = peer median / our median (above 1: flashneck is faster).\n",
     );
     for b in &res.backends {

@@ -188,7 +188,7 @@ pub fn roofline(b: &BackendResults) -> Option<String> {
     if let Some(pk) = peak {
         let x_start = ridge.unwrap_or(x_lo).max(x_lo);
         s.push_str(&format!(
-            r##"<line class="ceiling" x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#444" stroke-width="2"/><text x="{:.1}" y="{:.1}" text-anchor="end" font-size="11" fill="#444">{} GEMM {} GFLOP/s</text>"##,
+            r##"<line class="ceiling" x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#444" stroke-width="2"/><text x="{:.1}" y="{:.1}" text-anchor="end" font-size="11" fill="#444">{} {} {} GFLOP/s</text>"##,
             x.px(x_start),
             y.px(pk),
             x.px(x_hi),
@@ -196,6 +196,7 @@ pub fn roofline(b: &BackendResults) -> Option<String> {
             w - right - 4.0,
             y.px(pk) - 6.0,
             esc(&b.limits.gemm_dtype),
+            esc(&b.limits.compute_ceiling),
             sig3(pk)
         ));
     }

@@ -32,6 +32,8 @@ pub enum Shader {
     Gumbel,
     Attention,
     Topk,
+    /// Not an op: the f32 FMA ceiling the bench measures (`ceiling.wgsl`).
+    Ceiling,
 }
 
 /// How an op's tensors are stored on the device (the WGSL type of their bindings).
@@ -141,11 +143,12 @@ impl fmt::Display for Storage {
 pub const WEBGPU_DEFAULT_WORKGROUP_STORAGE: u64 = 16384;
 
 impl Shader {
-    pub const ALL: [Shader; 4] = [
+    pub const ALL: [Shader; 5] = [
         Shader::GrKan,
         Shader::Gumbel,
         Shader::Attention,
         Shader::Topk,
+        Shader::Ceiling,
     ];
 
     /// File stem under `kernels/wgsl/`.
@@ -155,6 +158,7 @@ impl Shader {
             Shader::Gumbel => "gumbel",
             Shader::Attention => "attention",
             Shader::Topk => "topk",
+            Shader::Ceiling => "ceiling",
         }
     }
 
@@ -164,6 +168,7 @@ impl Shader {
             Shader::Gumbel => include_str!("../../../kernels/wgsl/gumbel.wgsl"),
             Shader::Attention => include_str!("../../../kernels/wgsl/attention.wgsl"),
             Shader::Topk => include_str!("../../../kernels/wgsl/topk.wgsl"),
+            Shader::Ceiling => include_str!("../../../kernels/wgsl/ceiling.wgsl"),
         }
     }
 
@@ -184,6 +189,7 @@ impl Shader {
             Shader::GrKan | Shader::Gumbel if subgroups => &[REDUCE_SUBGROUP],
             Shader::GrKan | Shader::Gumbel => &[REDUCE],
             Shader::Attention | Shader::Topk => &[ATTENTION_COMMON],
+            Shader::Ceiling => &[],
         }
     }
 

@@ -1,13 +1,30 @@
 //! The timing helpers the benches use: [`WgpuBackend::time_ms`] and
-//! [`WgpuBackend::copy_bandwidth_gbs`].
+//! [`WgpuBackend::copy_bandwidth_gbs`] and [`WgpuBackend::fma_peak_tflops`].
 //!
 //! With `TIMESTAMP_QUERY_INSIDE_ENCODERS` (and `TIMESTAMP_QUERY`) the device stamps the start
 //! and the end of the timed work on the queue itself; without, the host's wall clock runs
 //! between two synchronizations (which adds the submission and wait overheads).
 
+use crate::device::{Bind, Launch};
+use crate::shaders::Shader;
 use crate::{BACKEND, WORD, WgpuBackend};
-use flashneck_core::{Backend, Error, Result};
+use flashneck_core::{Backend, DType, Error, Result};
 use std::time::Instant;
+
+/// Must match `Params` in ceiling.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct CeilingParams {
+    iterations: u32,
+    threads: u32,
+    m: f32,
+    c: f32,
+}
+
+/// Threads per workgroup of ceiling.wgsl.
+const CEILING_WG: u64 = 256;
+/// FLOP one thread of ceiling.wgsl does per loop trip: 8 vec4 FMAs.
+const CEILING_FLOP_PER_TRIP: f64 = 64.0;
 
 impl WgpuBackend {
     /// Whether [`WgpuBackend::time_ms`] uses device timestamps.
@@ -93,5 +110,103 @@ impl WgpuBackend {
             ));
         }
         Ok(2.0 * size as f64 / (best * 1e-3) / 1e9)
+    }
+
+    /// The f32 rate of fused multiply-adds on registers, in TFLOP/s (an FMA counts 2): the
+    /// compute ceiling of kernels that compute in f32, as the WGSL attention does on every
+    /// storage type. `ceiling.wgsl` on `workgroups` workgroups of 256 threads (2^11 fills an
+    /// H200 about four times over); the loop trips double from 16 until one run takes at
+    /// least `min_ms`, then the best of five runs at that size counts.
+    pub fn fma_peak_tflops(&self, workgroups: u32, min_ms: f64) -> Result<f64> {
+        let threads = u64::from(workgroups.max(1)) * CEILING_WG;
+        let threads_u32 = u32::try_from(threads).map_err(|_| {
+            Error::unsupported(BACKEND, format!("{workgroups} workgroups are too many"))
+        })?;
+        let sink = self.alloc_scratch(threads as usize)?;
+        let run = |iterations: u32| -> Result<f64> {
+            let prm = CeilingParams {
+                iterations,
+                threads: threads_u32,
+                m: 0.999,
+                c: 1e-3,
+            };
+            self.time_ms(&mut || {
+                self.run(&[Launch {
+                    shader: Shader::Ceiling,
+                    entry: "fma_peak",
+                    dtype: DType::F32,
+                    overrides: &[],
+                    params: bytemuck::bytes_of(&prm),
+                    binds: &[(1, Bind::Write(&sink))],
+                    workgroups: threads / CEILING_WG,
+                }])
+            })
+        };
+        // The first run builds the pipeline; it is not timed for the ceiling.
+        run(1)?;
+        let mut iterations = 16u32;
+        while run(iterations)? < min_ms && iterations < 1 << 24 {
+            iterations *= 2;
+        }
+        let mut best = f64::INFINITY;
+        for _ in 0..5 {
+            best = best.min(run(iterations)?);
+        }
+        if best <= 0.0 {
+            return Err(Error::device(
+                BACKEND,
+                "the FMA loop took no measurable time",
+            ));
+        }
+        self.check_fma_sink(&sink, threads_u32.min(4096), iterations)?;
+        let flop = threads as f64 * f64::from(iterations) * CEILING_FLOP_PER_TRIP;
+        Ok(flop / (best * 1e-3) / 1e12)
+    }
+
+    /// A rate counts only if the loop ran: the first `threads` sums that ceiling.wgsl stored
+    /// after `iterations` trips match the closed form of its chains, `a_n = L + (a_0 - L) m^n`
+    /// with `L = c / (1 - m)` (a skipped or shortened loop misses by far more than rounding).
+    fn check_fma_sink(&self, sink: &wgpu::Buffer, threads: u32, iterations: u32) -> Result<()> {
+        let bytes = self.read_back(sink, u64::from(threads) * WORD)?;
+        let got: &[f32] = bytemuck::cast_slice(&bytes);
+        let (m, c) = (f64::from(0.999f32), f64::from(1e-3f32));
+        let limit = c / (1.0 - m);
+        let decay = m.powf(f64::from(iterations));
+        for (thread, &v) in got.iter().enumerate() {
+            let x = f64::from((thread as u32 & 1023) as f32 * (1.0 / 1024.0));
+            let want: f64 = (0..8)
+                .flat_map(|chain| {
+                    (0..4).map(move |lane| x + 0.01 * lane as f64 + 0.1 * chain as f64)
+                })
+                .map(|a0| limit + (a0 - limit) * decay)
+                .sum();
+            if (f64::from(v) - want).abs() > 1e-3 * want.abs().max(1.0) {
+                return Err(Error::device(
+                    BACKEND,
+                    format!(
+                        "ceiling.wgsl thread {thread} stored {v} after {iterations} trips, \
+                         the closed form gives {want}"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shaders::{check_params_layout, host_fields};
+
+    /// The uniform block the host writes is the one ceiling.wgsl reads.
+    #[test]
+    fn ceiling_params_match_the_shader() {
+        let fields = host_fields!(CeilingParams; iterations, threads, m, c);
+        check_params_layout(
+            Shader::Ceiling,
+            &fields,
+            std::mem::size_of::<CeilingParams>(),
+        );
     }
 }

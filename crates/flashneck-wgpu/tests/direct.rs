@@ -406,6 +406,24 @@ fn timing_helpers_measure_something() {
     assert!(gbs > 0.0 && gbs.is_finite(), "{gbs} GB/s");
 }
 
+/// The FMA ceiling runs its loop (it checks the stored sums against their closed form itself)
+/// and, on a CPU adapter, stays under what the host's cores could issue: 2 FMA units × 16 f32
+/// lanes × 2 FLOP × 5 GHz per core. A loop the compiler dropped would report far more.
+#[test]
+fn fma_peak_is_measured() {
+    let b = backend();
+    let tflops = b.fma_peak_tflops(64, 5.0).unwrap();
+    println!(
+        "f32 FMA peak {tflops:.4} TFLOP/s on {}",
+        b.adapter_info().name
+    );
+    assert!(tflops > 0.0 && tflops.is_finite(), "{tflops} TFLOP/s");
+    if b.adapter_info().device_type == wgpu::DeviceType::Cpu {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        assert!(tflops < cores * 0.32, "{tflops} TFLOP/s on {cores} cores");
+    }
+}
+
 // ---------------------------------------------------------------- Philox and noise
 
 #[test]
