@@ -419,46 +419,20 @@ __device__ __forceinline__ void fn_ldmatrix_x4_trans(unsigned r[4], const void* 
 // `fn_cp_async_wait<N>` whose group count covers it (its group is older than the N most recent
 // ones). A missing or miscounted wait, or a refill of a buffer other threads still read, then
 // reads NaN instead of passing unnoticed. It also checks the 16-byte alignment the instruction
-// requires, and that no copy is still pending when its block ends.
+// requires, and that no copy is still pending when its thread exits.
 #if defined(FLASHNECK_EMU)
 
 namespace fn_emu {
-struct CpPending {
-    void* dst;
-    const void* src;
-    unsigned long long group;
-};
-// One CUDA thread's copies in flight. A block runs on one OS thread, so the state of its
-// threads lives in an OS-thread-local table indexed by the linear thread id; `owner` names the
-// block (and grid) the entries belong to.
-struct CpState {
-    std::vector<CpPending> pending;
-    unsigned long long committed = 0;
-    unsigned owner[6] = {~0u, ~0u, ~0u, ~0u, ~0u, ~0u};
-};
-inline CpState& cp_state() {
-    static thread_local std::vector<CpState> table(1024);
-    unsigned lin = threadIdx.x + threadIdx.y * blockDim.x + threadIdx.z * blockDim.x * blockDim.y;
-    CpState& st = table[lin];
-    const unsigned me[6] = {blockIdx.x, blockIdx.y, blockIdx.z, gridDim.x, gridDim.y, gridDim.z};
-    if (memcmp(st.owner, me, sizeof me) != 0) {
-        if (!st.pending.empty()) {
-            st.pending.clear();
-            fn_emu_fault("cp.async: a copy was still in flight when its block ended "
-                         "(missing fn_cp_async_commit + fn_cp_async_wait<0>)");
-        }
-        st.committed = 0;
-        memcpy(st.owner, me, sizeof me);
-    }
-    return st;
-}
+// The running thread's copies in flight (the runtime resets them when the thread starts and
+// checks them when it exits).
+inline CpAsync& cp_state() { return fn_emu_current->cp_async; }
 }  // namespace fn_emu
 
 __device__ __forceinline__ void fn_cp_async_16(void* smem_dst, const void* gmem_src) {
     if ((((unsigned long long)smem_dst | (unsigned long long)gmem_src) & 15u) != 0) {
         fn_emu_fault("cp.async.cg 16: source or destination is not 16-byte aligned");
     }
-    fn_emu::CpState& me = fn_emu::cp_state();
+    fn_emu::CpAsync& me = fn_emu::cp_state();
     memset(smem_dst, 0xff, 16);  // poisoned until a wait covers the copy
     me.pending.push_back({smem_dst, gmem_src, me.committed});
 }
@@ -469,7 +443,7 @@ __device__ __forceinline__ void fn_cp_async_commit() { fn_emu::cp_state().commit
 // committed belong to no group and stay in flight, as on the hardware).
 template <int N>
 __device__ __forceinline__ void fn_cp_async_wait() {
-    fn_emu::CpState& me = fn_emu::cp_state();
+    fn_emu::CpAsync& me = fn_emu::cp_state();
     size_t kept = 0;
     for (size_t i = 0; i < me.pending.size(); ++i) {
         const fn_emu::CpPending c = me.pending[i];

@@ -953,6 +953,36 @@ fn cp_async_copies_land_only_at_the_wait_covering_their_group() {
     );
 }
 
+/// A thread that exits with a copy in flight faults in that launch (not in whichever later
+/// launch happens to run cp.async on the same OS thread), and leaves nothing behind for the
+/// next launch of the same grid.
+#[test]
+fn cp_async_in_flight_at_thread_exit_faults() {
+    let src: Vec<[f32; 4]> = (0..128).map(|i| [i as f32; 4]).collect();
+    let launch = |waited: i32| {
+        let mut dst = vec![0.0f32; 512];
+        let (mut sp, mut dp, mut w) = (src.as_ptr().cast::<f32>(), dst.as_mut_ptr(), waited);
+        // SAFETY: each argument points at a local of the kernel's parameter type, and the buffers
+        // they point at outlive the call and cover every element this launch reads or writes.
+        unsafe {
+            emu::launch(
+                "emu_selftest_cp_async_groups",
+                &cfg([1, 1, 1], [64, 1, 1], 0),
+                &mut args!(sp, dp, w),
+            )
+        }
+        .map(|()| dst)
+    };
+    let err = launch(2).expect_err("a copy in flight at thread exit must be an error");
+    assert!(err.contains("emulator fault in block (0,0,0)"), "{err}");
+    assert!(
+        err.contains("still in flight when its thread exited"),
+        "{err}"
+    );
+    let flat: Vec<f32> = src.iter().flatten().copied().collect();
+    assert_eq!(launch(0).expect("the next launch starts clean"), flat);
+}
+
 #[test]
 fn reverse_schedule_exposes_a_missing_barrier() {
     let (mut rng, seed) = fresh_rng();

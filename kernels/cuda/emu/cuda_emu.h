@@ -16,6 +16,7 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 // ---- qualifiers -------------------------------------------------------------------------------
 #define __global__
@@ -138,10 +139,25 @@ struct flashneck_emu_launch_config {
 
 namespace fn_emu {
 
+// One cp.async copy in flight: common.cuh's emulation lands it at the wait covering `group`.
+struct CpPending {
+    void* dst;
+    const void* src;
+    unsigned long long group;
+};
+
+// A thread's cp.async copies in flight and the number of groups it has committed. The runtime
+// empties it when the thread starts, and faults when the thread exits with a copy in flight.
+struct CpAsync {
+    std::vector<CpPending> pending;
+    unsigned long long committed = 0;
+};
+
 // What a kernel thread sees of itself; the runtime's fiber record starts with it.
 struct ThreadView {
     dim3 thread_idx, block_idx, block_dim, grid_dim;
     void* dynamic_smem;
+    CpAsync cp_async;
 };
 
 // Kinds of warp collective; the runtime resolves all lanes of one at once.

@@ -227,6 +227,10 @@ void fiber_entry() {
     __sanitizer_finish_switch_fiber(nullptr, &w.scheduler_stack_bottom, &w.scheduler_stack_size);
 #endif
     w.thread_fn(w.closure);
+    if (!f.view.cp_async.pending.empty()) {
+        fn_emu_fault("cp.async: a copy was still in flight when its thread exited "
+                     "(missing fn_cp_async_commit + fn_cp_async_wait<0>)");
+    }
     f.state = State::Exited;
     switch_to_scheduler(w, f, true);
     abort();  // an exited fiber is never resumed
@@ -598,6 +602,8 @@ bool run_block(Worker& w, const flashneck_emu_launch_config& cfg, dim3 block_idx
         f.view.block_dim = dim3{bx, by, bz};
         f.view.grid_dim = dim3{cfg.grid[0], cfg.grid[1], cfg.grid[2]};
         f.view.dynamic_smem = dynamic_smem.get();
+        f.view.cp_async.pending.clear();  // a faulted block may have left copies behind
+        f.view.cp_async.committed = 0;
         f.linear = i;
         f.state = State::Ready;
         f.barriers_passed = 0;

@@ -210,7 +210,8 @@ FLASHNECK_EXPORT(emu_selftest_cp_async)
 // Two commit groups of cp.async (src[0..256) into `first`, src[256..512) into `second`), then
 // `fn_cp_async_wait<waited>` (1: only the older group is covered, 0: both) and a barrier; every
 // thread copies both stages to dst. The emulator lands a copy only at the wait covering its group,
-// so with waited = 1 the second stage must still read as poison (0xff bytes: NaN).
+// so with waited = 1 the second stage must still read as poison (0xff bytes: NaN). waited = 2 is
+// waited = 1 without the final wait: the threads exit with the second group in flight, a fault.
 extern "C" __global__ void emu_selftest_cp_async_groups(const float* __restrict__ src, float* __restrict__ dst,
                                                         int waited) {
     __shared__ __align__(16) float first[256];
@@ -219,7 +220,7 @@ extern "C" __global__ void emu_selftest_cp_async_groups(const float* __restrict_
     fn_cp_async_commit();
     fn_cp_async_16(&second[4 * threadIdx.x], src + 256 + 4 * threadIdx.x);
     fn_cp_async_commit();
-    if (waited == 1) {
+    if (waited >= 1) {
         fn_cp_async_wait<1>();
     } else {
         fn_cp_async_wait<0>();
@@ -229,7 +230,7 @@ extern "C" __global__ void emu_selftest_cp_async_groups(const float* __restrict_
         dst[4 * threadIdx.x + k] = first[4 * threadIdx.x + k];
         dst[256 + 4 * threadIdx.x + k] = second[4 * threadIdx.x + k];
     }
-    fn_cp_async_wait<0>();  // nothing may stay in flight when the block ends
+    if (waited != 2) fn_cp_async_wait<0>();  // nothing may stay in flight when a thread exits
 }
 FLASHNECK_EXPORT(emu_selftest_cp_async_groups)
 
