@@ -1,5 +1,5 @@
 //! Inline SVG charts: the roofline of a backend (log-log: arithmetic intensity against achieved
-//! GFLOP/s, under the measured bandwidth and GEMM ceilings) and the bars against the peer.
+//! GFLOP/s, under the measured bandwidth and compute (GEMM or FMA-peak) ceilings) and the bars against the peer.
 //! Output is well-formed XML (every element closed, every text escaped).
 
 use super::{fmt_time, sig3};
