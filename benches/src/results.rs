@@ -49,6 +49,11 @@ pub struct Limits {
     /// registers). Results recorded before this field read as `GEMM`.
     #[serde(default = "gemm_ceiling")]
     pub compute_ceiling: String,
+    /// The ceiling of f32 cases where it is not the one above, TFLOP/s: on CUDA cuBLAS's f32
+    /// GEMM (no tensor cores), the roof of the kernels that compute in f32 on the CUDA cores,
+    /// which the bf16 tensor-core rate would put an order of magnitude too high.
+    #[serde(default)]
+    pub f32_gemm_tflops: Option<f64>,
     /// How they were measured.
     pub method: String,
 }
@@ -118,10 +123,20 @@ impl Limits {
             gemm_tflops: max(self.gemm_tflops, other.gemm_tflops),
             gemm_dtype: self.gemm_dtype.clone(),
             compute_ceiling: self.compute_ceiling.clone(),
+            f32_gemm_tflops: max(self.f32_gemm_tflops, other.f32_gemm_tflops),
             method: format!(
                 "{}; the better of a measurement before and one after the cases",
                 self.method
             ),
+        }
+    }
+
+    /// The compute ceiling a case of element type `dtype` (its name) is measured against: the
+    /// f32 one for f32 cases where there is one, else the device's.
+    pub fn compute_tflops(&self, dtype: &str) -> Option<f64> {
+        match self.f32_gemm_tflops {
+            Some(f32_peak) if dtype == "f32" => Some(f32_peak),
+            _ => self.gemm_tflops,
         }
     }
 }
@@ -131,7 +146,12 @@ impl CaseResult {
     /// did not run keep `None`).
     pub fn apply_limits(&mut self, limits: &Limits) {
         let Some(t) = &self.time else { return };
-        let r = rates(&self.work, t.median_s, limits);
+        let r = rates(
+            &self.work,
+            t.median_s,
+            limits.copy_gbs,
+            limits.compute_tflops(&self.case.dtype),
+        );
         self.gbs = Some(r.gbs);
         self.tflops = Some(r.tflops);
         self.fraction_of_copy = r.fraction_of_copy;
@@ -177,12 +197,13 @@ pub struct Rates {
     pub bound: Option<String>,
 }
 
-/// Achieved rates of `work` done in `median_s`, and their share of `limits`.
-pub fn rates(work: &Work, median_s: f64, limits: &Limits) -> Rates {
+/// Achieved rates of `work` done in `median_s`, and their share of the copy bandwidth
+/// `copy_gbs` and the compute ceiling `peak_tflops`.
+pub fn rates(work: &Work, median_s: f64, copy_gbs: Option<f64>, peak_tflops: Option<f64>) -> Rates {
     let gbs = work.bytes / median_s / 1e9;
     let tflops = work.flops / median_s / 1e12;
-    let bw = limits.copy_gbs.filter(|v| *v > 0.0);
-    let peak = limits.gemm_tflops.filter(|v| *v > 0.0);
+    let bw = copy_gbs.filter(|v| *v > 0.0);
+    let peak = peak_tflops.filter(|v| *v > 0.0);
     let bound = match (bw, peak) {
         (Some(bw), Some(peak)) => {
             // FLOP per byte where the two ceilings meet.
@@ -221,8 +242,10 @@ mod tests {
             gemm_tflops: Some(0.1),
             gemm_dtype: "f32".into(),
             compute_ceiling: "GEMM".into(),
+            f32_gemm_tflops: None,
             method: String::new(),
         };
+        let (bw, peak) = (limits.copy_gbs, limits.compute_tflops("f32"));
         // Ridge at 10 FLOP/B: 1 FLOP/B is memory-bound, 100 compute-bound.
         let mem = rates(
             &Work {
@@ -230,7 +253,8 @@ mod tests {
                 flops: 1e9,
             },
             0.2,
-            &limits,
+            bw,
+            peak,
         );
         assert_eq!(mem.gbs, 5.0);
         assert_eq!(mem.fraction_of_copy, Some(0.5));
@@ -241,10 +265,49 @@ mod tests {
                 flops: 1e11,
             },
             2.0,
-            &limits,
+            bw,
+            peak,
         );
         assert_eq!(cmp.tflops, 0.05);
         assert_eq!(cmp.fraction_of_gemm, Some(0.5));
         assert_eq!(cmp.bound.as_deref(), Some("compute"));
+    }
+
+    /// With an f32 ceiling (CUDA), f32 cases are measured against it and the others against
+    /// the device's; a case moves from compute- to memory-bound when its ridge moves.
+    #[test]
+    fn f32_cases_take_the_f32_ceiling() {
+        let limits = Limits {
+            copy_gbs: Some(10.0),
+            gemm_tflops: Some(1.0),
+            gemm_dtype: "bf16".into(),
+            compute_ceiling: "GEMM".into(),
+            f32_gemm_tflops: Some(0.1),
+            method: String::new(),
+        };
+        assert_eq!(limits.compute_tflops("f32"), Some(0.1));
+        assert_eq!(limits.compute_tflops("bf16"), Some(1.0));
+        assert_eq!(limits.compute_tflops("f16"), Some(1.0));
+        let no_f32 = Limits {
+            f32_gemm_tflops: None,
+            ..limits.clone()
+        };
+        assert_eq!(no_f32.compute_tflops("f32"), Some(1.0));
+        let work = Work {
+            bytes: 1e9,
+            flops: 5e10,
+        };
+        // 50 FLOP/B: above the f32 ridge (10), below the bf16 one (100).
+        let f32_case = rates(&work, 1.0, limits.copy_gbs, limits.compute_tflops("f32"));
+        assert_eq!(f32_case.fraction_of_gemm, Some(0.5));
+        assert_eq!(f32_case.bound.as_deref(), Some("compute"));
+        let bf16_case = rates(&work, 1.0, limits.copy_gbs, limits.compute_tflops("bf16"));
+        assert_eq!(bf16_case.fraction_of_gemm, Some(0.05));
+        assert_eq!(bf16_case.bound.as_deref(), Some("memory"));
+        let best = limits.best(&Limits {
+            f32_gemm_tflops: Some(0.2),
+            ..limits.clone()
+        });
+        assert_eq!(best.f32_gemm_tflops, Some(0.2));
     }
 }

@@ -52,6 +52,7 @@ mod cpu {
                 gemm_tflops: Some(limits::cpu_sgemm_tflops(threads)),
                 gemm_dtype: "f32".into(),
                 compute_ceiling: "GEMM".into(),
+                f32_gemm_tflops: None,
                 method: format!(
                     "copy: median of 5 parallel memcpy of 256 MiB on {threads} threads \
                      (bytes read + written); GEMM: median of 5 f32 2048^3 \
@@ -83,12 +84,20 @@ mod cuda {
         fn measure_limits(&self) -> Limits {
             let copy = self.copy_bandwidth_gbs(1 << 30);
             let gemm = self.gemm_bf16_tflops(8192);
+            // f32 cases (the SIMT attention, f32 GR-KAN and Gumbel) run on the CUDA cores.
+            let gemm_f32 = self.gemm_f32_tflops(4096);
             let mut method = "copy: CudaBackend::copy_bandwidth_gbs, device-to-device copy of 1 \
                               GiB (bytes read + written); GEMM: CudaBackend::gemm_bf16_tflops, \
-                              cuBLAS bf16 8192^3 on random values with f32 accumulation"
+                              cuBLAS bf16 8192^3 on random values with f32 accumulation; f32 \
+                              cases against CudaBackend::gemm_f32_tflops, cuBLAS f32 4096^3 \
+                              (default math, no TF32)"
                 .to_string();
             // A ceiling that could not be measured says why in the report.
-            for (what, err) in [("copy", copy.as_ref().err()), ("GEMM", gemm.as_ref().err())] {
+            for (what, err) in [
+                ("copy", copy.as_ref().err()),
+                ("GEMM", gemm.as_ref().err()),
+                ("f32 GEMM", gemm_f32.as_ref().err()),
+            ] {
                 if let Some(e) = err {
                     method.push_str(&format!("; {what} failed: {e}"));
                 }
@@ -98,6 +107,7 @@ mod cuda {
                 gemm_tflops: gemm.ok(),
                 gemm_dtype: "bf16".into(),
                 compute_ceiling: "GEMM".into(),
+                f32_gemm_tflops: gemm_f32.ok(),
                 method,
             }
         }
@@ -152,6 +162,7 @@ mod wgpu {
                 gemm_tflops: fma.ok(),
                 gemm_dtype: "f32".into(),
                 compute_ceiling: "FMA peak".into(),
+                f32_gemm_tflops: None,
                 method,
             }
         }

@@ -199,3 +199,32 @@ fn the_compute_ceiling_is_named() {
     let svg = &html[html.find("<svg").unwrap()..];
     assert!(svg[..svg.find("</svg>").unwrap()].contains("f32 FMA peak"));
 }
+
+/// CUDA's f32 cases have their own ceiling (cuBLAS f32): every report names it, and the
+/// roofline draws it as a third ceiling.
+#[test]
+fn the_f32_ceiling_is_named_and_drawn() {
+    let mut res = recorded();
+    res.backends[0].limits.f32_gemm_tflops = Some(0.0123);
+    for (what, text) in [
+        ("stdout", report::text_table(&res)),
+        ("report.md", report::markdown(&res)),
+        ("report.html", report::html(&res)),
+    ] {
+        assert!(
+            text.contains("f32 GEMM 0.0123 TFLOP/s"),
+            "{what} does not name the f32 ceiling"
+        );
+    }
+    let html = report::html(&res);
+    let start = html.find("<svg").unwrap();
+    let svg = &html[start..start + html[start..].find("</svg>").unwrap() + 6];
+    assert!(svg.contains(r#"class="roofline""#));
+    let doc = roxmltree::Document::parse(svg).expect("the roofline is well-formed");
+    let ceilings = doc
+        .descendants()
+        .filter(|n| n.attribute("class") == Some("ceiling"))
+        .count();
+    assert_eq!(ceilings, 3, "copy, the device's GEMM and the f32 GEMM");
+    assert!(svg.contains("f32 GEMM 12.3 GFLOP/s (f32 cases)"));
+}

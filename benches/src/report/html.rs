@@ -46,8 +46,8 @@ pub fn html(res: &Results) -> String {
         "<p class=\"note\">Median time over the runs after warm-up; spread is half the \
          10th&#8211;90th percentile range. GB/s and TFLOP/s come from the median and the work \
          model of docs/bench.md. % copy and % compute are the shares of the copy bandwidth \
-         and the compute ceiling (a GEMM rate, or on wgpu the f32 FMA peak) measured in the same \
-         run, starred (*) for the ceiling that binds under the \
+         and the compute ceiling (a GEMM rate, cuBLAS f32 for CUDA&#8217;s f32 cases, or on wgpu \
+         the f32 FMA peak) measured in the same run, starred (*) for the ceiling that binds under the \
          roofline model. Speedup is the \
          peer&#8217;s median over ours: above 1, flashneck is faster.</p>\n",
     );

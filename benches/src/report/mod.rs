@@ -114,14 +114,18 @@ pub fn limits_line(b: &BackendResults) -> String {
         Some(v) => format!("copy {} GB/s", sig3(v)),
         None => "no copy bandwidth".into(),
     };
+    let f32_line = match b.limits.f32_gemm_tflops {
+        Some(v) => format!(" (f32 cases: f32 GEMM {} TFLOP/s)", sig3(v)),
+        None => String::new(),
+    };
     match b.limits.gemm_tflops {
         Some(v) => format!(
-            "{copy}, {} {} {} TFLOP/s",
+            "{copy}, {} {} {} TFLOP/s{f32_line}",
             b.limits.gemm_dtype,
             b.limits.compute_ceiling,
             sig3(v)
         ),
-        None => format!("{copy}, no compute ceiling"),
+        None => format!("{copy}, no compute ceiling{f32_line}"),
     }
 }
 
@@ -196,7 +200,8 @@ pub fn markdown(res: &Results) -> String {
     out.push_str(
         "\nMedian time over the runs after warm-up, spread = half the 10th–90th percentile range; \
          rates from the median; % copy and % compute are the shares of the copy bandwidth and the \
-         compute ceiling (a GEMM rate, or on wgpu the f32 FMA peak) measured in the same run, starred for the ceiling that binds under the roofline \
+         compute ceiling (a GEMM rate, cuBLAS f32 for CUDA's f32 cases, or on wgpu the f32 FMA peak) \
+         measured in the same run, starred for the ceiling that binds under the roofline \
          model; speedup = peer median / our median (above 1: flashneck is faster).\n",
     );
     for b in &res.backends {

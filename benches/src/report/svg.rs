@@ -112,19 +112,27 @@ pub fn roofline(b: &BackendResults) -> Option<String> {
     }
     let bw = b.limits.copy_gbs.filter(|v| *v > 0.0);
     let peak = b.limits.gemm_tflops.filter(|v| *v > 0.0).map(|t| t * 1e3);
-    let ridge = match (bw, peak) {
+    // CUDA's f32 cases have their own, lower roof (cuBLAS f32 on the CUDA cores).
+    let f32_peak = b
+        .limits
+        .f32_gemm_tflops
+        .filter(|v| *v > 0.0)
+        .map(|t| t * 1e3);
+    let ridge_of = |pk: Option<f64>| match (bw, pk) {
         (Some(bw), Some(pk)) => Some(pk / bw),
         _ => None,
     };
+    let (ridge, f32_ridge) = (ridge_of(peak), ridge_of(f32_peak));
     let (w, h) = (720.0, 440.0);
     let (left, right, top, bottom) = (70.0, 20.0, 30.0, 50.0);
-    let xs = points.iter().map(|p| p.1).chain(ridge);
+    let xs = points.iter().map(|p| p.1).chain(ridge).chain(f32_ridge);
     let (xmin, xmax) = xs.fold((f64::INFINITY, 0f64), |(a, b), v| (a.min(v), b.max(v)));
     let x = LogAxis::new(xmin / 2.0, xmax * 2.0, left, w - right);
     let ys = points
         .iter()
         .map(|p| p.2)
         .chain(peak)
+        .chain(f32_peak)
         .chain(bw.map(|bw| bw * 10f64.powf(x.lo)));
     let (ymin, ymax) = ys.fold((f64::INFINITY, 0f64), |(a, b), v| (a.min(v), b.max(v)));
     let y = LogAxis::new(ymin / 2.0, ymax * 2.0, h - bottom, top);
@@ -197,6 +205,20 @@ pub fn roofline(b: &BackendResults) -> Option<String> {
             y.px(pk) - 6.0,
             esc(&b.limits.gemm_dtype),
             esc(&b.limits.compute_ceiling),
+            sig3(pk)
+        ));
+    }
+    if let Some(pk) = f32_peak {
+        // Dashed, labelled under the line so it never sits on the main roof's label.
+        let x_start = f32_ridge.unwrap_or(x_lo).max(x_lo);
+        s.push_str(&format!(
+            r##"<line class="ceiling" x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#444" stroke-width="1.5" stroke-dasharray="6 4"/><text x="{:.1}" y="{:.1}" text-anchor="end" font-size="11" fill="#444">f32 GEMM {} GFLOP/s (f32 cases)</text>"##,
+            x.px(x_start),
+            y.px(pk),
+            x.px(x_hi),
+            y.px(pk),
+            w - right - 4.0,
+            y.px(pk) + 14.0,
             sig3(pk)
         ));
     }

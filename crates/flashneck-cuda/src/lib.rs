@@ -98,7 +98,13 @@ impl CudaBackend {
     /// bf16 GEMM rate of cuBLAS (`n × n × n`, f32 accumulation) in TFLOP/s; `Unsupported` when
     /// emulated or without libcublas.
     pub fn gemm_bf16_tflops(&self, n: usize) -> Result<f64> {
-        timing::gemm_bf16_tflops(&self.device, n)
+        timing::gemm_tflops(&self.device, n, timing::GemmInput::Bf16)
+    }
+
+    /// f32 GEMM rate of cuBLAS (`n × n × n`, default math: no TF32 tensor cores) in TFLOP/s:
+    /// the roof of kernels that compute in f32 on the CUDA cores. `Unsupported` as above.
+    pub fn gemm_f32_tflops(&self, n: usize) -> Result<f64> {
+        timing::gemm_tflops(&self.device, n, timing::GemmInput::F32)
     }
 }
 

@@ -1,5 +1,5 @@
 //! Device timing for the benches: CUDA events, the copy bandwidth that the bandwidth-bound
-//! kernels are judged against, and cuBLAS's bf16 GEMM rate.
+//! kernels are judged against, and cuBLAS's bf16 and f32 GEMM rates.
 
 use crate::device::{Device, EMULATED, REAL};
 use cudarc::driver::{DevicePtr, DevicePtrMut, sys::CUevent_flags};
@@ -65,24 +65,45 @@ pub fn copy_bandwidth_gbs(dev: &Device, bytes: usize) -> Result<f64> {
     Ok(2.0 * bytes as f64 / best / 1e9)
 }
 
-/// `len` bf16 values uniform in [-1, 1) (xorshift64*, seeded by `seed`), as little-endian
-/// bytes.
-fn random_bf16_bytes(len: usize, seed: u64) -> Vec<u8> {
+/// The input type of a GEMM ceiling: bf16 on the tensor cores, or f32 on the CUDA cores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmInput {
+    Bf16,
+    /// Plain f32: cuBLAS's default math mode takes no tensor-core (TF32) path.
+    F32,
+}
+
+impl GemmInput {
+    fn bytes(self) -> usize {
+        match self {
+            GemmInput::Bf16 => 2,
+            GemmInput::F32 => 4,
+        }
+    }
+}
+
+/// `len` values uniform in [-1, 1) (xorshift64*, seeded by `seed`) in `ty`, as little-endian
+/// bytes (bf16 by truncation of the f32, which keeps them in range).
+fn random_bytes(ty: GemmInput, len: usize, seed: u64) -> Vec<u8> {
     let mut x = 0x9e37_79b9_7f4a_7c15_u64 ^ seed;
-    let mut out = Vec::with_capacity(2 * len);
+    let mut out = Vec::with_capacity(ty.bytes() * len);
     for _ in 0..len {
         x ^= x >> 12;
         x ^= x << 25;
         x ^= x >> 27;
         let r = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
         let v = (r >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
-        out.extend_from_slice(&((v.to_bits() >> 16) as u16).to_le_bytes());
+        match ty {
+            GemmInput::Bf16 => out.extend_from_slice(&((v.to_bits() >> 16) as u16).to_le_bytes()),
+            GemmInput::F32 => out.extend_from_slice(&v.to_le_bytes()),
+        }
     }
     out
 }
 
-/// cuBLAS bf16 GEMM (`n × n × n`, f32 accumulation) in TFLOP/s, best of 5 after a warm-up.
-pub fn gemm_bf16_tflops(dev: &Device, n: usize) -> Result<f64> {
+/// cuBLAS GEMM (`n × n × n` on `input`, f32 accumulation and output) in TFLOP/s, best of 5
+/// after a warm-up.
+pub fn gemm_tflops(dev: &Device, n: usize, input: GemmInput) -> Result<f64> {
     use cudarc::cublas::{CudaBlas, result::gemm_ex, sys};
     let Device::Real(d) = dev else {
         return Err(Error::unsupported(EMULATED, "cuBLAS GEMM on the emulator"));
@@ -95,17 +116,21 @@ pub fn gemm_bf16_tflops(dev: &Device, n: usize) -> Result<f64> {
     if n == 0 {
         return Err(Error::bad("n", ">= 1", 0));
     }
+    let ab_type = match input {
+        GemmInput::Bf16 => sys::cudaDataType::CUDA_R_16BF,
+        GemmInput::F32 => sys::cudaDataType::CUDA_R_32F,
+    };
     d.ctx.bind_to_thread().map_err(real)?;
     let blas = CudaBlas::new(d.stream.clone()).map_err(real)?;
     // Random values: tensor cores draw less power (and clock higher) on constant data, which
     // would overstate the ceiling every "fraction of GEMM" is measured against.
     let a = d
         .stream
-        .clone_htod(&random_bf16_bytes(n * n, 1))
+        .clone_htod(&random_bytes(input, n * n, 1))
         .map_err(real)?;
     let b = d
         .stream
-        .clone_htod(&random_bf16_bytes(n * n, 2))
+        .clone_htod(&random_bytes(input, n * n, 2))
         .map_err(real)?;
     let mut c = d.stream.alloc_zeros::<u8>(n * n * 4).map_err(real)?;
     let (alpha, beta) = (1.0f32, 0.0f32);
@@ -113,8 +138,9 @@ pub fn gemm_bf16_tflops(dev: &Device, n: usize) -> Result<f64> {
     let (pb, _gb) = b.device_ptr(&d.stream);
     let (pc, _gc) = c.device_ptr_mut(&d.stream);
     let mut run = || -> Result<()> {
-        // SAFETY: a, b hold n·n bf16 and c n·n f32 on this stream's device; alpha and beta are
-        // f32 as the f32 compute type requires; the handle is bound to the same stream.
+        // SAFETY: a, b hold n·n elements of `ab_type` and c n·n f32 on this stream's device;
+        // alpha and beta are f32 as the f32 compute type requires; the handle is bound to the
+        // same stream.
         unsafe {
             gemm_ex(
                 *blas.handle(),
@@ -125,10 +151,10 @@ pub fn gemm_bf16_tflops(dev: &Device, n: usize) -> Result<f64> {
                 dim,
                 &alpha as *const f32 as *const _,
                 pa as *const _,
-                sys::cudaDataType::CUDA_R_16BF,
+                ab_type,
                 dim,
                 pb as *const _,
-                sys::cudaDataType::CUDA_R_16BF,
+                ab_type,
                 dim,
                 &beta as *const f32 as *const _,
                 pc as *mut _,
@@ -154,7 +180,7 @@ mod tests {
 
     #[test]
     fn random_bf16_is_spread_over_minus_one_to_one() {
-        let bytes = random_bf16_bytes(10_000, 1);
+        let bytes = random_bytes(GemmInput::Bf16, 10_000, 1);
         let vals: Vec<f32> = bytes
             .chunks(2)
             .map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))
@@ -164,6 +190,32 @@ mod tests {
         assert!(mean.abs() < 0.05, "{mean}");
         let distinct: std::collections::HashSet<u32> = vals.iter().map(|v| v.to_bits()).collect();
         assert!(distinct.len() > 1000, "{}", distinct.len());
-        assert_ne!(random_bf16_bytes(16, 1), random_bf16_bytes(16, 2));
+        assert_ne!(
+            random_bytes(GemmInput::Bf16, 16, 1),
+            random_bytes(GemmInput::Bf16, 16, 2)
+        );
+    }
+
+    #[test]
+    fn no_gemm_ceiling_on_the_emulator() {
+        for input in [GemmInput::Bf16, GemmInput::F32] {
+            let err = gemm_tflops(&Device::Emulated, 64, input).unwrap_err();
+            assert!(
+                err.to_string().contains("cuBLAS GEMM on the emulator"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn random_f32_are_the_bf16_values_before_truncation() {
+        let f = random_bytes(GemmInput::F32, 1000, 7);
+        let h = random_bytes(GemmInput::Bf16, 1000, 7);
+        assert_eq!(f.len(), 4000);
+        for (w, b) in f.chunks(4).zip(h.chunks(2)) {
+            let v = f32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+            assert!((-1.0..1.0).contains(&v));
+            assert_eq!(&w[2..4], b, "{v}");
+        }
     }
 }
