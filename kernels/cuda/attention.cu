@@ -18,8 +18,9 @@
 // sum combine over the quad of lanes holding a row (shuffles). Shared: 2 × 64 × (D + 8) halves.
 //
 // f32 (attention_fwd_f32, SIMT, no tf32: SPEC's 1e-4 excludes it): 4 threads per query row, each
-// owning dims d ≡ t (mod 4) of q and o in registers; K and V are staged 32 keys at a time
-// (2 chunks per key block); a score is a quad-shuffle sum of 4 partial dot products.
+// owning a quarter of q and o in registers as D / 16 chunks of 4 consecutive dims (fn_quarter_*,
+// as the SIMT backward), so staged K and V rows are read 16 bytes at a time; K and V are staged 32
+// keys at a time (2 chunks per key block); a score is a quad-shuffle sum of 4 partial dot products.
 #include "common.cuh"
 
 #define ATT_BLOCK 64
@@ -294,7 +295,6 @@ __device__ __forceinline__ void attention_fwd_f32(
     const unsigned* __restrict__ indices, int max_blocks, const float* __restrict__ row_scale,
     const float* __restrict__ residual, int heads_q, int heads_kv, int len_q, int len_k, float scale,
     int causal) {
-    constexpr int PER = D / 4;  // dims per thread: d = t + 4i
     __shared__ __align__(16) float ks[ATT_F32_CHUNK * D];
     __shared__ __align__(16) float vs[ATT_F32_CHUNK * D];
 
@@ -308,12 +308,14 @@ __device__ __forceinline__ void attention_fwd_f32(
     const float* vh = v + bhk * len_k * D;
     const long long orow = bh * len_q + row;
 
-    float qv[PER], ov[PER];
+    // The thread's quarter of its row's q and o (common.cuh's fn_quarter_*: 16-byte loads of
+    // staged K and V rows, 4 multiply-adds each).
+    float qv[D / 16][4], ov[D / 16][4];
+    fn_quarter_load<float, D>(q, orow, row < len_q, t, qv);
 #pragma unroll
-    for (int i = 0; i < PER; ++i) {
-        qv[i] = row < len_q ? q[orow * D + t + 4 * i] : 0.0f;
-        ov[i] = 0.0f;
-    }
+    for (int c = 0; c < D / 16; ++c)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) ov[c][e] = 0.0f;
     float m = -INFINITY, l = 0.0f;
 
     const att_blocks blocks =
@@ -333,9 +335,7 @@ __device__ __forceinline__ void attention_fwd_f32(
             float mx = -INFINITY;
 #pragma unroll
             for (int j = 0; j < ATT_F32_CHUNK; ++j) {
-                float part = 0.0f;
-#pragma unroll
-                for (int i = 0; i < PER; ++i) part = fmaf(qv[i], ks[j * D + t + 4 * i], part);
+                float part = fn_quarter_dot<D>(qv, ks + j * D, t);
                 part += __shfl_xor_sync(0xffffffffu, part, 1);
                 part += __shfl_xor_sync(0xffffffffu, part, 2);
                 s[j] = part * scale;
@@ -353,12 +353,23 @@ __device__ __forceinline__ void attention_fwd_f32(
                 rowsum += s[j];
             }
             l = l * alpha + rowsum;
+            // o = alpha·o + Σ_j p_j v_j, one 4-dim chunk at a time (fewer registers live).
 #pragma unroll
-            for (int i = 0; i < PER; ++i) {
-                float acc = ov[i] * alpha;
+            for (int c = 0; c < D / 16; ++c) {
+                float4 acc = make_float4(ov[c][0] * alpha, ov[c][1] * alpha, ov[c][2] * alpha,
+                                         ov[c][3] * alpha);
 #pragma unroll
-                for (int j = 0; j < ATT_F32_CHUNK; ++j) acc = fmaf(s[j], vs[j * D + t + 4 * i], acc);
-                ov[i] = acc;
+                for (int j = 0; j < ATT_F32_CHUNK; ++j) {
+                    const float4 u = *reinterpret_cast<const float4*>(vs + j * D + fn_quarter_col(t, c));
+                    acc.x += s[j] * u.x;
+                    acc.y += s[j] * u.y;
+                    acc.z += s[j] * u.z;
+                    acc.w += s[j] * u.w;
+                }
+                ov[c][0] = acc.x;
+                ov[c][1] = acc.y;
+                ov[c][2] = acc.z;
+                ov[c][3] = acc.w;
             }
         }
     }
@@ -368,12 +379,18 @@ __device__ __forceinline__ void attention_fwd_f32(
     if (t == 0) lse[orow] = l > 0.0f ? m + logf(l) : -INFINITY;
     const float rho = row_scale ? row_scale[orow] : 1.0f;
 #pragma unroll
-    for (int i = 0; i < PER; ++i) {
-        const long long at = orow * D + t + 4 * i;
-        float val = ov[i] * inv;
-        if (row_scale) val *= rho;
-        if (residual) val += residual[at];
-        o[at] = val;
+    for (int c = 0; c < D / 16; ++c) {
+        const long long at = orow * D + fn_quarter_col(t, c);
+        float res[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        if (residual) fn_vec<float, 4>::load(residual + at, res);
+        float val[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            val[e] = ov[c][e] * inv;
+            if (row_scale) val[e] *= rho;
+            if (residual) val[e] += res[e];
+        }
+        fn_vec<float, 4>::store(o + at, val);
     }
 }
 

@@ -117,14 +117,9 @@ FLASHNECK_EXPORT(attn_bwd_delta_f16)
 FLASHNECK_EXPORT(attn_bwd_delta_bf16)
 
 // ---- 2./3. SIMT ---------------------------------------------------------------------------------
-// Thread t owns row t / 4 of the block and the quarter t % 4 of its head dim, as D / 16 chunks of
-// 4 consecutive elements: chunk c covers elements 4·(t%4 + 4c) .. +3, so the 4 threads of a row
-// read 64 consecutive bytes of a staged row (one conflict-free broadcast per warp).
+// Thread t owns row t / 4 of the block and the quarter t % 4 of its head dim (common.cuh's
+// fn_quarter_*: D / 16 chunks of 4 consecutive elements, one conflict-free broadcast per warp).
 // Streamed tiles: 4096 / D rows of two operands as f32 (32 KiB).
-
-__device__ __forceinline__ int attn_bwd_simt_col(int quarter, int c) {
-    return 4 * (quarter + 4 * c);
-}
 
 // Stage `rows` rows (from row `first` of a [*, D] tensor) of a and b as f32 in shared memory.
 template <typename T, int D>
@@ -147,50 +142,14 @@ template <int D>
 __device__ __forceinline__ void attn_bwd_simt_dots(const float (&x)[D / 16][4], const float (&y)[D / 16][4],
                                                    const float* sx, const float* sy, int quarter, float& dx,
                                                    float& dy) {
-    float a = 0.0f, b = 0.0f;
-#pragma unroll
-    for (int c = 0; c < D / 16; ++c) {
-        const int col = attn_bwd_simt_col(quarter, c);
-        const float4 u = *reinterpret_cast<const float4*>(sx + col);
-        const float4 w = *reinterpret_cast<const float4*>(sy + col);
-        a += x[c][0] * u.x + x[c][1] * u.y + x[c][2] * u.z + x[c][3] * u.w;
-        b += y[c][0] * w.x + y[c][1] * w.y + y[c][2] * w.z + y[c][3] * w.w;
-    }
+    float a = fn_quarter_dot<D>(x, sx, quarter);
+    float b = fn_quarter_dot<D>(y, sy, quarter);
     a += __shfl_xor_sync(0xffffffffu, a, 1);
     b += __shfl_xor_sync(0xffffffffu, b, 1);
     a += __shfl_xor_sync(0xffffffffu, a, 2);
     b += __shfl_xor_sync(0xffffffffu, b, 2);
     dx = a;
     dy = b;
-}
-
-// acc += f · s (the thread's quarter of a staged row).
-template <int D>
-__device__ __forceinline__ void attn_bwd_simt_axpy(float (&acc)[D / 16][4], float f, const float* s, int quarter) {
-#pragma unroll
-    for (int c = 0; c < D / 16; ++c) {
-        const float4 u = *reinterpret_cast<const float4*>(s + attn_bwd_simt_col(quarter, c));
-        acc[c][0] += f * u.x;
-        acc[c][1] += f * u.y;
-        acc[c][2] += f * u.z;
-        acc[c][3] += f * u.w;
-    }
-}
-
-// The thread's quarter of row `row` of a [*, D] tensor as f32 (zeros unless ok).
-template <typename T, int D>
-__device__ __forceinline__ void attn_bwd_simt_load_row(const typename fn_elem<T>::storage* __restrict__ p,
-                                                       long long row, bool ok, int quarter,
-                                                       float (&out)[D / 16][4]) {
-#pragma unroll
-    for (int c = 0; c < D / 16; ++c) {
-        if (ok) {
-            fn_vec<T, 4>::load(p + row * D + attn_bwd_simt_col(quarter, c), out[c]);
-        } else {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) out[c][e] = 0.0f;
-        }
-    }
 }
 
 template <typename T, int D>
@@ -201,7 +160,7 @@ __device__ __forceinline__ void attn_bwd_simt_store_row(typename fn_elem<T>::sto
         float v[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e) v[e] = mul * acc[c][e];
-        fn_vec<T, 4>::store(p + row * D + attn_bwd_simt_col(quarter, c), v);
+        fn_vec<T, 4>::store(p + row * D + fn_quarter_col(quarter, c), v);
     }
 }
 
@@ -228,8 +187,8 @@ __device__ __forceinline__ void attn_bwd_dkdv_simt(
     const long long key_row = (long long)(b * heads_kv + hk) * len_k + j;
 
     float kr[D / 16][4], vr[D / 16][4], dka[D / 16][4], dva[D / 16][4];
-    attn_bwd_simt_load_row<T, D>(k, key_row, key_ok, quarter, kr);
-    attn_bwd_simt_load_row<T, D>(v, key_row, key_ok, quarter, vr);
+    fn_quarter_load<T, D>(k, key_row, key_ok, quarter, kr);
+    fn_quarter_load<T, D>(v, key_row, key_ok, quarter, vr);
 #pragma unroll
     for (int c = 0; c < D / 16; ++c)
 #pragma unroll
@@ -259,8 +218,8 @@ __device__ __forceinline__ void attn_bwd_dkdv_simt(
                     const bool vis = key_ok && attn_bwd_visible(causal, q0 + t0 + i, j, len_q, len_k);
                     const float p = vis ? expf(s * scale - slse[i]) : 0.0f;
                     if (p != 0.0f) {
-                        attn_bwd_simt_axpy<D>(dva, p, sdo + i * D, quarter);
-                        attn_bwd_simt_axpy<D>(dka, p * (dp - sdelta[i]), sq + i * D, quarter);
+                        fn_quarter_axpy<D>(dva, p, sdo + i * D, quarter);
+                        fn_quarter_axpy<D>(dka, p * (dp - sdelta[i]), sq + i * D, quarter);
                     }
                 }
             }
@@ -294,8 +253,8 @@ __device__ __forceinline__ void attn_bwd_dq_simt(
     const long long q_row = bh * len_q + i;
 
     float qr[D / 16][4], dor[D / 16][4], dqa[D / 16][4];
-    attn_bwd_simt_load_row<T, D>(q, q_row, row_ok, quarter, qr);
-    attn_bwd_simt_load_row<T, D>(d_o, q_row, row_ok, quarter, dor);
+    fn_quarter_load<T, D>(q, q_row, row_ok, quarter, qr);
+    fn_quarter_load<T, D>(d_o, q_row, row_ok, quarter, dor);
 #pragma unroll
     for (int c = 0; c < D / 16; ++c)
 #pragma unroll
@@ -317,7 +276,7 @@ __device__ __forceinline__ void attn_bwd_dq_simt(
                 attn_bwd_simt_dots<D>(qr, dor, sk + jj * D, sv + jj * D, quarter, s, dp);
                 const bool vis = row_ok && attn_bwd_visible(causal, i, k0 + t0 + jj, len_q, len_k);
                 const float p = vis ? expf(s * scale - l) : 0.0f;
-                if (p != 0.0f) attn_bwd_simt_axpy<D>(dqa, p * (dp - dl), sk + jj * D, quarter);
+                if (p != 0.0f) fn_quarter_axpy<D>(dqa, p * (dp - dl), sk + jj * D, quarter);
             }
         }
     }

@@ -277,6 +277,54 @@ __device__ __forceinline__ int fn_visible_key_blocks(int qb, int len_q, int len_
     return (int)((keys + 63) / 64);
 }
 
+// ---- a row's head dim over the 4 threads of a quad (the SIMT attention kernels) ----------------
+// Thread `quarter` (0..3) of a row holds D / 16 chunks of 4 consecutive elements: chunk c covers
+// elements 4·(quarter + 4c) .. +3, so the 4 threads of a row read 64 consecutive bytes of a row
+// staged in shared memory with one 16-byte load each: one conflict-free broadcast per warp when
+// its 8 rows read the same staged row (4 multiply-adds per load).
+__device__ __forceinline__ int fn_quarter_col(int quarter, int c) { return 4 * (quarter + 4 * c); }
+
+// The thread's quarter of row `row` of a [*, D] tensor as f32 (zeros unless ok).
+template <typename T, int D>
+__device__ __forceinline__ void fn_quarter_load(const typename fn_elem<T>::storage* __restrict__ p, long long row,
+                                                bool ok, int quarter, float (&out)[D / 16][4]) {
+#pragma unroll
+    for (int c = 0; c < D / 16; ++c) {
+        if (ok) {
+            fn_vec<T, 4>::load(p + row * D + fn_quarter_col(quarter, c), out[c]);
+        } else {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) out[c][e] = 0.0f;
+        }
+    }
+}
+
+// This thread's part of the dot product of its quarter x with staged row s (the quad's 4 parts
+// sum to the full dot product).
+template <int D>
+__device__ __forceinline__ float fn_quarter_dot(const float (&x)[D / 16][4], const float* s, int quarter) {
+    float a = 0.0f;
+#pragma unroll
+    for (int c = 0; c < D / 16; ++c) {
+        const float4 u = *reinterpret_cast<const float4*>(s + fn_quarter_col(quarter, c));
+        a += x[c][0] * u.x + x[c][1] * u.y + x[c][2] * u.z + x[c][3] * u.w;
+    }
+    return a;
+}
+
+// acc += f · s (the thread's quarter of staged row s).
+template <int D>
+__device__ __forceinline__ void fn_quarter_axpy(float (&acc)[D / 16][4], float f, const float* s, int quarter) {
+#pragma unroll
+    for (int c = 0; c < D / 16; ++c) {
+        const float4 u = *reinterpret_cast<const float4*>(s + fn_quarter_col(quarter, c));
+        acc[c][0] += f * u.x;
+        acc[c][1] += f * u.y;
+        acc[c][2] += f * u.z;
+        acc[c][3] += f * u.w;
+    }
+}
+
 // ---- fixed-order reductions ---------------------------------------------------------------------
 // Sum over a warp by an xor butterfly: every lane gets the same, order-fixed result.
 __device__ __forceinline__ float fn_warp_sum(float v) {
