@@ -406,7 +406,7 @@ fn timing_helpers_measure_something() {
     assert!(gbs > 0.0 && gbs.is_finite(), "{gbs} GB/s");
 }
 
-/// The FMA ceiling runs its loop (it checks the stored sums against their closed form itself)
+/// The FMA ceiling runs its loop (it checks from the stored sums that every trip ran)
 /// and, on a CPU adapter, stays under what the host's cores could issue: 2 FMA units × 16 f32
 /// lanes × 2 FLOP × 5 GHz per core. A loop the compiler dropped would report far more.
 #[test]
