@@ -1,4 +1,4 @@
-//! Turn a [`Case`] into a ready-to-time call on a backend: inputs uploaded once (several sets
+//! Turn a [`Case`](crate::cases::Case) into a ready-to-time call on a backend: inputs uploaded once (several sets
 //! when they fit in cache, rotated between calls), outputs allocated once, and a closure that
 //! runs the op on the next input set.
 

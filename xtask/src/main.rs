@@ -1,6 +1,6 @@
 //! Project tasks, run as `cargo xtask <task>` (the alias is in `.cargo/config.toml`):
 //!
-//! - `test`: everything CI checks (fmt, clippy, every test, the ASan emulator run, NVRTC);
+//! - `test`: everything CI checks (fmt, clippy, docs, every test, the ASan emulator run, NVRTC);
 //! - `bench [options]`: `flashneck-bench`, every op on every backend present, with a report;
 //! - `kernels`: compile every CUDA kernel with NVRTC and check registers and spills;
 //! - `gpu-bundle`: build the self-contained folder that the GPU check runs.
@@ -14,8 +14,8 @@ mod test;
 use std::path::PathBuf;
 
 const USAGE: &str = "usage: cargo xtask <test|bench|kernels|gpu-bundle> [args]
-  test            fmt --check, clippy -D warnings, every test, the emulated CUDA suite under
-                  ASan, the NVRTC kernel check (what CI runs)
+  test            fmt --check, clippy -D warnings, doc -D warnings, every test, the emulated
+                  CUDA suite under ASan, the NVRTC kernel check (what CI runs)
   bench [opts]    run flashneck-bench (see `cargo xtask bench --help`);
                   `bench --criterion` runs the CPU criterion benches
   kernels         NVRTC compile of every CUDA kernel, registers and spills

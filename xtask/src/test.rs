@@ -1,6 +1,7 @@
-//! `cargo xtask test`: what CI runs. Formatting, clippy with `-D warnings`, every test of the
-//! workspace (the emulated CUDA suite included), the CPU suite again on its other instruction
-//! sets, the emulated CUDA suite again under AddressSanitizer, and the NVRTC kernel check.
+//! `cargo xtask test`: what CI runs. Formatting, clippy with `-D warnings`, the docs with broken
+//! links refused, every test of the workspace (the emulated CUDA suite included), the CPU suite
+//! again on its other instruction sets, the emulated CUDA suite again under AddressSanitizer,
+//! and the NVRTC kernel check.
 
 use crate::steps::{Step, run_all};
 use std::path::Path;
@@ -32,6 +33,14 @@ pub fn run(root: &Path, args: &[String]) -> i32 {
                 "warnings",
             ],
             &[],
+        ),
+        // Docs are part of the product: every intra-doc link must resolve.
+        Step::cmd(
+            "cargo doc (-D warnings)",
+            root,
+            &cargo,
+            &["doc", "--no-deps", "--workspace"],
+            &[("RUSTDOCFLAGS", "-D warnings")],
         ),
         Step::cmd(
             "cargo test --workspace",

@@ -11,7 +11,7 @@
 //! Every check draws fresh random inputs (the seed is printed on failure; set
 //! `FLASHNECK_SEED` to replay), poisons outputs with NaN before the op runs, and compares with
 //! `max|out − ref| / max(1, max|ref|)`. An op that the backend does not claim in
-//! [`BackendInfo::supports`] must return `Unsupported`; the check prints one `skip:` line then.
+//! [`BackendInfo::supports`](flashneck_core::BackendInfo::supports) must return `Unsupported`; the check prints one `skip:` line then.
 
 pub mod attention;
 pub mod errors;

@@ -3,9 +3,9 @@
 //! Every shader is built per [`Variant`]: a prelude with its `enable` directives and the storage
 //! type of the op's tensors (`alias elem = f32;`, or `enable f16; alias elem = f16;`), then
 //! `common.wgsl` (element narrowing, grid indexing), then the shared files its op needs
-//! ([`Shader::includes`]: for GR-KAN and Gumbel, the row reductions of `reduce.wgsl`, or of
+//! (`Shader::includes`: for GR-KAN and Gumbel, the row reductions of `reduce.wgsl`, or of
 //! `reduce_subgroup.wgsl` in the subgroup variant), then the op's file, then the tensor
-//! accessors ([`accessors`]). The op files declare each tensor binding `array<elem>` and touch
+//! accessors (`accessors`). The op files declare each tensor binding `array<elem>` and touch
 //! it only through its accessors: `x_ld(i)` loads element `i` as f32, `out_st(i, v)` rounds `v`
 //! to the op's element type and stores it, `out_st2(i, v0, v1)` stores elements `i` and
 //! `i + 1` (`i` even) that one thread owns, `out_stp` a pair of which the thread owns one or
