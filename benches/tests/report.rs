@@ -173,6 +173,24 @@ fn results_json_round_trips() {
     assert_eq!(res, again);
 }
 
+/// Each report (stdout table, report.md, report.html) with its name.
+fn every_report(res: &Results) -> [(&'static str, String); 3] {
+    [
+        ("stdout", report::text_table(res)),
+        ("report.md", report::markdown(res)),
+        ("report.html", report::html(res)),
+    ]
+}
+
+/// The first roofline SVG of the HTML report.
+fn first_roofline(res: &Results) -> String {
+    let html = report::html(res);
+    let start = html.find("<svg").unwrap();
+    let svg = &html[start..start + html[start..].find("</svg>").unwrap() + 6];
+    assert!(svg.contains(r#"class="roofline""#));
+    svg.to_string()
+}
+
 /// Every report names what the compute ceiling is: results recorded before the field existed
 /// read as a GEMM; wgpu's FMA peak is labelled as such in the text, markdown, HTML and SVG.
 #[test]
@@ -185,19 +203,13 @@ fn the_compute_ceiling_is_named() {
     );
     assert!(report::text_table(&res).contains("f32 GEMM"));
     res.backends[0].limits.compute_ceiling = "FMA peak".into();
-    for (what, text) in [
-        ("stdout", report::text_table(&res)),
-        ("report.md", report::markdown(&res)),
-        ("report.html", report::html(&res)),
-    ] {
+    for (what, text) in every_report(&res) {
         assert!(
             text.contains("f32 FMA peak"),
             "{what} does not name the FMA peak"
         );
     }
-    let html = report::html(&res);
-    let svg = &html[html.find("<svg").unwrap()..];
-    assert!(svg[..svg.find("</svg>").unwrap()].contains("f32 FMA peak"));
+    assert!(first_roofline(&res).contains("f32 FMA peak"));
 }
 
 /// CUDA's f32 cases have their own ceiling (cuBLAS f32): every report names it, and the
@@ -206,21 +218,14 @@ fn the_compute_ceiling_is_named() {
 fn the_f32_ceiling_is_named_and_drawn() {
     let mut res = recorded();
     res.backends[0].limits.f32_gemm_tflops = Some(0.0123);
-    for (what, text) in [
-        ("stdout", report::text_table(&res)),
-        ("report.md", report::markdown(&res)),
-        ("report.html", report::html(&res)),
-    ] {
+    for (what, text) in every_report(&res) {
         assert!(
             text.contains("f32 GEMM 0.0123 TFLOP/s"),
             "{what} does not name the f32 ceiling"
         );
     }
-    let html = report::html(&res);
-    let start = html.find("<svg").unwrap();
-    let svg = &html[start..start + html[start..].find("</svg>").unwrap() + 6];
-    assert!(svg.contains(r#"class="roofline""#));
-    let doc = roxmltree::Document::parse(svg).expect("the roofline is well-formed");
+    let svg = first_roofline(&res);
+    let doc = roxmltree::Document::parse(&svg).expect("the roofline is well-formed");
     let ceilings = doc
         .descendants()
         .filter(|n| n.attribute("class") == Some("ceiling"))
