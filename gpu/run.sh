@@ -13,7 +13,8 @@
 # report_cuda.md. It prints a short table last.
 # Without $OUT (a local run) everything stays in ./out next to this script. With
 # FLASHNECK_GPU_STEPS=name,name only those steps run (the others are recorded as not-run).
-# Steps: conformance model model-sparse memcheck racecheck bench wgpu-tests bench-wgpu.
+# Steps: conformance model model-sparse memcheck racecheck bench wgpu-tests bench-wgpu, and
+# profile (Nsight Compute on the hot kernels, 150 s), which runs only when named.
 set -u
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 if [ -n "${OUT:-}" ]; then
@@ -226,6 +227,38 @@ else
     unset VK_ICD_FILENAMES VK_DRIVER_FILES
     printf 'wgpu-tests\tno-vulkan\t-\t0\n' >> "$STEPS"
     printf 'bench-wgpu\tno-vulkan\t-\t0\n' >> "$STEPS"
+fi
+
+# 5. Opt-in, for a second call in the time left (FLASHNECK_GPU_STEPS=profile; the default run
+#    skips it): Nsight Compute's speed-of-light, occupancy, launch and memory sections for the
+#    first launches of each hot kernel, taken from one short bench run per op, so that a kernel
+#    far under its ceiling says why (shared-memory bound, occupancy, latency, ...). The text
+#    goes to profile.log (in all.tgz).
+NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+PROFILED="attention_forward:f16:attention_forward_f16_ attention_forward:f32:attention_forward_f32_
+attention_backward:bf16:attn_bwd_ grkan_forward:f32:grkan_forward_ grkan_backward:bf16:grkan_backward_
+gumbel_softmax_forward:f32:gumbel_forward_"
+profile_kernels() {
+    local spec op dtype prefix rc=0
+    for spec in $PROFILED; do
+        IFS=: read -r op dtype prefix <<< "$spec"
+        echo "--- ncu: $op $dtype (kernels named $prefix*)"
+        "$NCU" --kernel-name-base function --kernel-name "regex:^$prefix" --launch-count 3 \
+            --section SpeedOfLight --section Occupancy --section LaunchStats \
+            --section MemoryWorkloadAnalysis \
+            "$HERE/flashneck-bench" --backend cuda --standard --op "$op" --dtype "$dtype" \
+            --no-peer --quiet --time-budget 4 --out "$WORK/profile-bench" || rc=1
+    done
+    return $rc
+}
+if [ -n "$ONLY" ] && wanted profile; then
+    if [ -x "$NCU" ] && [ -x "$HERE/flashneck-bench" ]; then
+        export -f profile_kernels
+        export HERE WORK NCU PROFILED
+        step profile 150 bash -c profile_kernels
+    else
+        printf 'profile\tmissing\t-\t0\n' >> "$STEPS"
+    fi
 fi
 
 # JSON summary, the side-by-side wgpu/CUDA figures, the bench report's head and the table of
