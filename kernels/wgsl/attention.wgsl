@@ -56,7 +56,9 @@ override DV_CHUNKS: u32 = 1u;
 @group(0) @binding(10) var<storage, read> o_in: array<elem>;
 @group(0) @binding(11) var<storage, read> d_o: array<elem>;
 @group(0) @binding(12) var<storage, read> lse_in: array<f32>;
-@group(0) @binding(13) var<storage, read_write> delta: array<f32>;
+// (LSE, Δ) of each query row: written by attention_backward_delta, which copies LSE from lse_in
+// beside Δ, and read by dQ and dK/dV, which so bind one buffer fewer (and load both at once).
+@group(0) @binding(13) var<storage, read_write> stats: array<vec2<f32>>;
 @group(0) @binding(14) var<storage, read_write> dq: array<elem>;
 @group(0) @binding(15) var<storage, read_write> dk: array<elem>;
 @group(0) @binding(16) var<storage, read_write> dv: array<elem>;
@@ -603,7 +605,8 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
 // ---------------------------------------------------------------- backward
 
 // Δ_i = Σ_d dO_id · O_id: 16 threads per query row (4 rows per workgroup) read consecutive
-// columns, and a fixed tree adds their 16 partial sums (the same bits every run).
+// columns, and a fixed tree adds their 16 partial sums (the same bits every run); stored with
+// the row's LSE as stats[i].
 const DELTA_LANES: u32 = 16u;
 var<workgroup> delta_red: array<f32, WG>;
 
@@ -633,7 +636,7 @@ fn attention_backward_delta(@builtin(workgroup_id) wg: vec3<u32>,
         workgroupBarrier();
     }
     if (lane == 0u && row < rows) {
-        delta[row] = delta_red[t];
+        stats[row] = vec2<f32>(lse_in[row], delta_red[t]);
     }
 }
 
@@ -642,7 +645,7 @@ fn row_stats(bh: u32, i: u32) -> vec2<f32> {
     if (i >= p.len_q) {
         return vec2<f32>(MASKED, 0.0);
     }
-    return vec2<f32>(lse_in[bh * p.len_q + i], delta[bh * p.len_q + i]);
+    return stats[bh * p.len_q + i];
 }
 
 // P = exp(scale · s − lse) where query i sees key j and the row saw a key (lse > −inf), else

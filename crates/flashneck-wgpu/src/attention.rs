@@ -136,8 +136,10 @@ fn chunk_overrides(s: &AttentionShape) -> [(&'static str, u32); 2] {
     ]
 }
 
-/// Every tensor binding of attention.wgsl bound to a stand-in (`WgpuBackend::stand_ins`): `read` for the read-only ones,
-/// `written` for the read-write ones. A launch replaces the ones it uses (`with`).
+/// Every tensor binding of attention.wgsl bound to a stand-in (`WgpuBackend::stand_ins`): `read`
+/// for the read-only ones, `written` for the read-write ones. A launch replaces the ones it
+/// uses (`with`); the device binds only those its entry point reaches (the kernels share
+/// helpers that pick a source or an output at run time, so each reaches more than it uses).
 fn unused_bindings<'a>(read: &'a wgpu::Buffer, written: &'a wgpu::Buffer) -> Vec<(u32, Bind<'a>)> {
     let mut binds: Vec<(u32, Bind<'a>)> = [1, 2, 3, 6, 7, 8, 9, 10, 11, 12, 17, 18]
         .into_iter()
@@ -310,7 +312,9 @@ pub(crate) fn backward<T>(
     let s = &p.shape;
     let mut prm = Params::of(p);
     let (read, written) = be.stand_ins();
-    let delta = be.alloc_scratch(s.lse_len())?;
+    // (LSE, Δ) per query row, written by the Δ kernel (at least one pair: the binding is an
+    // array of vec2, even for an empty batch).
+    let stats = be.alloc_scratch(2 * s.lse_len().max(1))?;
     let (counts, indices, counts_t, indices_t) = match layouts {
         Some((l, lt)) => {
             prm.sparse = 1;
@@ -336,7 +340,8 @@ pub(crate) fn backward<T>(
     let binds_delta = [
         (10, Bind::Read(g.o.raw())),
         (11, Bind::Read(g.d_o.raw())),
-        (13, Bind::Write(&delta)),
+        (12, Bind::Read(g.lse.raw())),
+        (13, Bind::Write(&stats)),
     ];
     let inputs = with(
         unused_bindings(read, written),
@@ -345,8 +350,7 @@ pub(crate) fn backward<T>(
             (2, Bind::Read(g.k.raw())),
             (3, Bind::Read(g.v.raw())),
             (11, Bind::Read(g.d_o.raw())),
-            (12, Bind::Read(g.lse.raw())),
-            (13, Bind::Write(&delta)),
+            (13, Bind::Write(&stats)),
         ],
     );
     let binds_dq = with(

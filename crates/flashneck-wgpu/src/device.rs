@@ -4,8 +4,12 @@
 //! the device's features it also fixes the shader's [`Variant`]: the storage of the op's
 //! tensors and whether its reductions use subgroups), any other pipeline-overridable constants
 //! the op specialises its kernels on (GR-KAN's degrees), a parameter block (bound as a uniform
-//! at binding 0) and the storage buffers it binds. Pipelines and their bind group layouts are
-//! built on first use and cached for the backend's lifetime, one per set of constants.
+//! at binding 0) and the storage buffers it binds. A pipeline's layout holds only the storage
+//! bindings its entry point uses (naga says which), so kernels sharing a module do not count
+//! each other's buffers against the adapter's per-stage limit; a launch that leaves one of them
+//! unbound is an error, and so is an entry point that needs more than the adapter allows.
+//! Pipelines and their bind group layouts are built on first use and cached for the backend's
+//! lifetime, one per set of constants.
 //! Every batch of launches runs inside wgpu error scopes, so a validation or out-of-memory error
 //! comes back as [`Error::Device`] instead of wgpu's default panic.
 
@@ -23,8 +27,8 @@ pub(crate) enum Bind<'a> {
     Write(&'a wgpu::Buffer),
 }
 
-impl Bind<'_> {
-    fn buffer(&self) -> &wgpu::Buffer {
+impl<'a> Bind<'a> {
+    fn buffer(self) -> &'a wgpu::Buffer {
         match self {
             Bind::Read(b) | Bind::Write(b) => b,
         }
@@ -49,10 +53,29 @@ pub(crate) struct Launch<'a> {
     pub workgroups: u64,
 }
 
-/// A compiled entry point and the bind group layout it was built with.
+/// A compiled entry point, the bind group layout it was built with and the storage bindings
+/// that layout holds (the ones the entry point uses).
 pub(crate) struct Pipeline {
     pipeline: wgpu::ComputePipeline,
     layout: wgpu::BindGroupLayout,
+    bindings: Vec<u32>,
+}
+
+/// The buffer `l` binds at `binding`, or an error naming the entry point that needs it.
+fn bound<'a>(l: &Launch<'a>, binding: u32) -> Result<Bind<'a>> {
+    l.binds
+        .iter()
+        .find(|(n, _)| *n == binding)
+        .map(|&(_, b)| b)
+        .ok_or_else(|| {
+            Error::device(
+                BACKEND,
+                format!(
+                    "{}.wgsl {} uses binding {binding}, which the launch does not bind",
+                    l.shader, l.entry
+                ),
+            )
+        })
 }
 
 /// Pipelines keyed by (shader, entry point, element type, shader variant, overrides).
@@ -99,9 +122,22 @@ impl WgpuBackend {
         }
         let mut constants = vec![("DTYPE", dtype_code(l.dtype))];
         constants.extend(l.overrides.iter().map(|&(name, v)| (name, f64::from(v))));
-        let need = shaders::entry_workgroup_bytes(l.shader, variant, l.entry, &constants)
+        let resources = shaders::entry_resources(l.shader, variant, l.entry, &constants)
             .map_err(|e| Error::device(BACKEND, e))?;
+        let need = resources.workgroup_bytes;
         let limit = u64::from(self.limits.max_compute_workgroup_storage_size);
+        let buffers = resources.storage_bindings.len();
+        let max_buffers = self.limits.max_storage_buffers_per_shader_stage as usize;
+        if buffers > max_buffers {
+            return Err(Error::unsupported(
+                BACKEND,
+                format!(
+                    "{}.wgsl {} binds {buffers} storage buffers, the adapter allows \
+                     {max_buffers} per shader stage",
+                    l.shader, l.entry
+                ),
+            ));
+        }
         if need > limit {
             return Err(Error::unsupported(
                 BACKEND,
@@ -128,22 +164,20 @@ impl WgpuBackend {
             },
             count: None,
         }];
-        entries.extend(
-            l.binds
-                .iter()
-                .map(|(binding, b)| wgpu::BindGroupLayoutEntry {
-                    binding: *binding,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Storage {
-                            read_only: b.read_only(),
-                        },
-                        has_dynamic_offset: false,
-                        min_binding_size: None,
+        for &binding in &resources.storage_bindings {
+            entries.push(wgpu::BindGroupLayoutEntry {
+                binding,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage {
+                        read_only: bound(l, binding)?.read_only(),
                     },
-                    count: None,
-                }),
-        );
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            });
+        }
         let layout = self
             .device
             .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
@@ -170,7 +204,11 @@ impl WgpuBackend {
                 },
                 cache: None,
             });
-        let p = Arc::new(Pipeline { pipeline, layout });
+        let p = Arc::new(Pipeline {
+            pipeline,
+            layout,
+            bindings: resources.storage_bindings,
+        });
         cache.insert(key, p.clone());
         Ok(p)
     }
@@ -233,10 +271,14 @@ impl WgpuBackend {
                         size: wgpu::BufferSize::new(block(l)),
                     }),
                 }];
-                entries.extend(l.binds.iter().map(|(binding, b)| wgpu::BindGroupEntry {
-                    binding: *binding,
-                    resource: b.buffer().as_entire_binding(),
-                }));
+                // Only the bindings the entry point uses: a launch may name more (one list
+                // shared by several kernels), and the layout holds only these.
+                for &binding in &pipeline.bindings {
+                    entries.push(wgpu::BindGroupEntry {
+                        binding,
+                        resource: bound(l, binding)?.buffer().as_entire_binding(),
+                    });
+                }
                 let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: Some(l.entry),
                     layout: &pipeline.layout,

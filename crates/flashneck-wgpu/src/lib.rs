@@ -71,6 +71,10 @@ pub struct Options {
     /// Row reductions (GR-KAN, Gumbel) with subgroup operations where the adapter has
     /// `SUBGROUP` (the default). Off: workgroup-memory trees only.
     pub subgroups: bool,
+    /// Ask for at most this many storage buffers per shader stage instead of the adapter's
+    /// own limit (WebGPU's default is 8): to see what an adapter with so few refuses. `None`
+    /// (the default): the adapter's limit.
+    pub max_storage_buffers_per_shader_stage: Option<u32>,
 }
 
 impl Default for Options {
@@ -82,6 +86,7 @@ impl Default for Options {
         Options {
             f16_storage: !off("FLASHNECK_WGPU_NO_F16"),
             subgroups: !off("FLASHNECK_WGPU_NO_SUBGROUPS"),
+            max_storage_buffers_per_shader_stage: None,
         }
     }
 }
@@ -91,6 +96,7 @@ impl Options {
     pub const BASELINE: Options = Options {
         f16_storage: false,
         subgroups: false,
+        max_storage_buffers_per_shader_stage: None,
     };
 }
 
@@ -126,6 +132,8 @@ pub struct WgpuBackend {
     stand_in_written: wgpu::Buffer,
     pipelines: Arc<Mutex<device::PipelineCache>>,
     fault: Fault,
+    /// The ops whose kernels all fit the device's limits (what `info()` claims).
+    ops: Vec<OpKind>,
 }
 
 impl WgpuBackend {
@@ -160,7 +168,11 @@ impl WgpuBackend {
 
         // 3. A device with the adapter's own limits (wgpu's defaults are lower: storage
         //    bindings, workgroup memory) and the optional features we can use.
-        let limits = adapter.limits();
+        let mut limits = adapter.limits();
+        if let Some(n) = options.max_storage_buffers_per_shader_stage {
+            limits.max_storage_buffers_per_shader_stage =
+                limits.max_storage_buffers_per_shader_stage.min(n);
+        }
         let mut wanted =
             wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
         if options.f16_storage {
@@ -190,6 +202,7 @@ impl WgpuBackend {
             record(&f, format!("device lost ({reason:?}): {msg}"))
         });
 
+        let ops = ops_within(&limits)?;
         let barriers_per_pass = (adapter_info.device_type == wgpu::DeviceType::Cpu)
             .then_some(attention::MAX_BARRIERS_PER_PASS);
         let stand_in = |label| {
@@ -213,6 +226,7 @@ impl WgpuBackend {
             stand_in_read,
             stand_in_written,
             pipelines: Arc::new(Mutex::new(HashMap::new())),
+            ops,
             fault,
         })
     }
@@ -431,6 +445,49 @@ impl WgpuBackend {
     }
 }
 
+/// The entry points an op launches.
+fn entry_points(op: OpKind) -> &'static [(shaders::Shader, &'static str)] {
+    use shaders::Shader::{Attention, GrKan, Gumbel, Topk};
+    match op {
+        OpKind::AttentionForward | OpKind::SparseForward => &[(Attention, "attention_forward")],
+        OpKind::AttentionBackward | OpKind::SparseBackward => &[
+            (Attention, "attention_backward_delta"),
+            (Attention, "attention_backward_dq"),
+            (Attention, "attention_backward_dkdv"),
+        ],
+        OpKind::BlockTopk => &[(Topk, "topk_pool"), (Topk, "topk_select")],
+        OpKind::GrKanForward => &[(GrKan, "grkan_forward")],
+        OpKind::GrKanBackward => &[
+            (GrKan, "grkan_backward_partials"),
+            (GrKan, "grkan_backward_reduce"),
+        ],
+        OpKind::GumbelForward => &[(Gumbel, "gumbel_forward")],
+        OpKind::GumbelBackward => &[(Gumbel, "gumbel_backward")],
+        OpKind::GumbelNoise => &[(Gumbel, "gumbel_noise")],
+    }
+}
+
+/// The implemented ops whose every entry point binds no more storage buffers than `limits`
+/// allow per shader stage: an op that cannot run is not claimed (and returns `Unsupported`
+/// before any launch if called).
+fn ops_within(limits: &wgpu::Limits) -> Result<Vec<OpKind>> {
+    let max = limits.max_storage_buffers_per_shader_stage as usize;
+    let plain = Variant::new(Storage::F32, false);
+    let mut ops = Vec::new();
+    for op in WgpuBackend::implemented_ops() {
+        let mut fits = true;
+        for &(shader, entry) in entry_points(op) {
+            let r = shaders::entry_resources(shader, plain, entry, &[])
+                .map_err(|e| Error::device(BACKEND, e))?;
+            fits &= r.storage_bindings.len() <= max;
+        }
+        if fits {
+            ops.push(op);
+        }
+    }
+    Ok(ops)
+}
+
 /// The preferred adapter among `backends`, with its real limits.
 fn request_adapter(backends: wgpu::Backends) -> Result<wgpu::Adapter, wgpu::RequestAdapterError> {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
@@ -463,9 +520,10 @@ impl Backend for WgpuBackend {
                 a.name, a.backend, a.device_type, a.driver, a.driver_info
             ),
             head_dims: HeadDims::UpTo(flashneck_core::params::MAX_HEAD_DIM),
-            ops: Self::implemented_ops()
-                .into_iter()
-                .map(|op| (op, DType::ALL.to_vec()))
+            ops: self
+                .ops
+                .iter()
+                .map(|&op| (op, DType::ALL.to_vec()))
                 .collect(),
         }
     }

@@ -340,15 +340,27 @@ fn validated(
     Ok((module, info))
 }
 
-/// Bytes of workgroup memory of one entry point of `shader` (variant `v`) specialised with the
-/// pipeline's override `constants`: override-sized workgroup arrays (Gumbel's reductions,
-/// sized by its workgroup size `WG`) count at the size the pipeline gives them.
-pub fn entry_workgroup_bytes(
+/// What one entry point of a shader needs from the device, once specialised.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryResources {
+    /// Bytes of workgroup memory (override-sized arrays at the pipeline's sizes).
+    pub workgroup_bytes: u64,
+    /// The storage buffer bindings (group 0) the entry point uses, ascending: a pipeline's
+    /// layout holds these and no others, so an entry point counts against the adapter's
+    /// `max_storage_buffers_per_shader_stage` only with what it touches.
+    pub storage_bindings: Vec<u32>,
+}
+
+/// The resources of one entry point of `shader` (variant `v`) specialised with the pipeline's
+/// override `constants`: naga keeps only what the entry point reaches, so override-sized
+/// workgroup arrays (Gumbel's reductions, sized by its workgroup size `WG`) count at the size
+/// the pipeline gives them, and bindings of other entry points do not count.
+pub fn entry_resources(
     shader: Shader,
     v: Variant,
     entry: &str,
     constants: &[(&str, f64)],
-) -> Result<u64, String> {
+) -> Result<EntryResources, String> {
     let (module, info) = validated(shader, v)?;
     let mut values = naga::back::PipelineConstants::default();
     for &(name, value) in constants {
@@ -361,7 +373,28 @@ pub fn entry_workgroup_bytes(
         &values,
     )
     .map_err(|e| format!("{shader}.wgsl ({v}) {entry} with {constants:?}: {e}"))?;
-    Ok(workgroup_bytes(&module))
+    let mut storage_bindings: Vec<u32> = module
+        .global_variables
+        .iter()
+        .filter(|(_, g)| matches!(g.space, naga::AddressSpace::Storage { .. }))
+        .filter_map(|(_, g)| g.binding.as_ref())
+        .map(|b| b.binding)
+        .collect();
+    storage_bindings.sort_unstable();
+    Ok(EntryResources {
+        workgroup_bytes: workgroup_bytes(&module),
+        storage_bindings,
+    })
+}
+
+/// Bytes of workgroup memory of one entry point (see [`entry_resources`]).
+pub fn entry_workgroup_bytes(
+    shader: Shader,
+    v: Variant,
+    entry: &str,
+    constants: &[(&str, f64)],
+) -> Result<u64, String> {
+    entry_resources(shader, v, entry, constants).map(|r| r.workgroup_bytes)
 }
 
 /// Bytes of workgroup memory the module declares (all its `var<workgroup>` globals: an upper

@@ -767,6 +767,14 @@ fn sparse_attention_matches_oracle() {
 #[test]
 fn sparse_epilogue_matches_oracle() {
     let b = backend();
+    if !b
+        .info()
+        .supports(flashneck_core::OpKind::SparseForward, DType::F32)
+    {
+        // An adapter with too few storage buffers per stage (SwiftShader's wgpu limit is 10).
+        println!("skip: this adapter does not run sparse attention");
+        return;
+    }
     let (mut rng, seed) = fresh_rng();
     let p = AttentionParams::new(AttentionShape::gqa(2, 2, 1, 90, 140, 16)).with_causal(true);
     let s = p.shape;
@@ -872,4 +880,72 @@ fn block_topk_matches_oracle() {
         assert_eq!(b.download(got.counts()).unwrap(), want.counts());
         assert_eq!(b.download(got.indices()).unwrap(), want.indices());
     }
+}
+
+/// An adapter with WebGPU's default 8 storage buffers per shader stage: the attention kernels
+/// reach 14 (they pick their source and output tensors at run time), so the backend does not
+/// claim attention, and a call is `Unsupported` before any launch (outputs stay NaN), naming
+/// the limit; GR-KAN and Gumbel (at most 6) still run.
+#[test]
+fn too_few_storage_buffers_per_stage_is_unsupported_before_any_launch() {
+    use flashneck_core::{AttentionOps, OpKind};
+    use flashneck_wgpu::{Options, WgpuBackend};
+    let b = WgpuBackend::with_options(Options {
+        max_storage_buffers_per_shader_stage: Some(8),
+        ..Options::default()
+    })
+    .unwrap();
+    assert_eq!(b.limits().max_storage_buffers_per_shader_stage, 8);
+    let info = b.info();
+    for op in [
+        OpKind::AttentionForward,
+        OpKind::AttentionBackward,
+        OpKind::SparseForward,
+        OpKind::SparseBackward,
+    ] {
+        assert!(
+            !info.supports(op, DType::F32),
+            "{op:?} claimed with 8 buffers"
+        );
+    }
+    for op in [
+        OpKind::BlockTopk,
+        OpKind::GrKanForward,
+        OpKind::GrKanBackward,
+        OpKind::GumbelForward,
+        OpKind::GumbelBackward,
+        OpKind::GumbelNoise,
+    ] {
+        assert!(info.supports(op, DType::F32), "{op:?} not claimed");
+    }
+    // An adapter that has the 14 the kernels reach (lavapipe, GPUs) runs attention.
+    if backend().limits().max_storage_buffers_per_shader_stage >= 14 {
+        assert!(
+            backend()
+                .info()
+                .supports(OpKind::AttentionForward, DType::F32)
+        );
+    }
+
+    let p = AttentionParams::new(AttentionShape::gqa(1, 2, 1, 33, 47, 64));
+    let s = &p.shape;
+    let (mut rng, _) = fresh_rng();
+    let x = Qkv::<f32>::random(&p, &mut rng);
+    let (q, k, v) = (
+        b.upload(&x.q.0).unwrap(),
+        b.upload(&x.k.0).unwrap(),
+        b.upload(&x.v.0).unwrap(),
+    );
+    let mut o = nan_buffer::<_, f32>(&b, s.o_len());
+    let mut lse = nan_buffer::<_, f32>(&b, s.lse_len());
+    let err = b
+        .attention_forward(&p, &q, &k, &v, &mut o, &mut lse)
+        .unwrap_err();
+    assert!(err.is_unsupported(), "{err}");
+    assert!(
+        err.to_string().contains("storage buffers") && err.to_string().contains("allows 8"),
+        "{err}"
+    );
+    assert!(b.download(&o).unwrap().iter().all(|v| v.is_nan()));
+    assert!(b.download(&lse).unwrap().iter().all(|v| v.is_nan()));
 }

@@ -6,7 +6,8 @@
 //! adapter's limit.
 
 use flashneck_wgpu::shaders::{
-    Shader, Storage, Variant, WEBGPU_DEFAULT_WORKGROUP_STORAGE, entry_workgroup_bytes, validate,
+    Shader, Storage, Variant, WEBGPU_DEFAULT_WORKGROUP_STORAGE, entry_resources,
+    entry_workgroup_bytes, validate,
 };
 
 const PLAIN: Variant = Variant::new(Storage::F32, false);
@@ -228,4 +229,52 @@ fn workgroup_memory_is_counted() {
     }
     // An override the shader does not declare is an error, not silently ignored.
     assert!(entry_workgroup_bytes(Shader::GrKan, PLAIN, "grkan_forward", &[("WG", 64.0)]).is_err());
+}
+
+/// Each entry point's pipeline binds only the storage buffers it reaches (naga keeps only what
+/// the entry point can touch), so kernels that share a module do not count each other's
+/// buffers against the adapter's per-stage limit. The attention kernels reach more than they
+/// use (`load` and `store` pick a tensor at run time), and the host binds stand-ins there.
+#[test]
+fn entry_points_bind_only_the_storage_buffers_they_reach() {
+    let bindings = |s, e| entry_resources(s, PLAIN, e, &[]).unwrap().storage_bindings;
+    for (s, e, want) in [
+        // q k v, o dq dk dv (store), lse, counts indices, rho residual, dO (load), state
+        (
+            Shader::Attention,
+            "attention_forward",
+            &[1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 14, 15, 16, 19][..],
+        ),
+        // o, dO, lse in, (lse, Δ) out
+        (
+            Shader::Attention,
+            "attention_backward_delta",
+            &[10, 11, 12, 13],
+        ),
+        // q k v dO, o dq dk dv and ρ R (store), (lse, Δ), counts indices, state
+        (
+            Shader::Attention,
+            "attention_backward_dq",
+            &[1, 2, 3, 4, 6, 7, 8, 9, 11, 13, 14, 15, 16, 19],
+        ),
+        // q k v dO, o dq dk dv and ρ R (store), (lse, Δ), transposed counts indices, state
+        (
+            Shader::Attention,
+            "attention_backward_dkdv",
+            &[1, 2, 3, 4, 8, 9, 11, 13, 14, 15, 16, 17, 18, 19],
+        ),
+        (Shader::Topk, "topk_pool", &[1, 2, 3, 4]),
+        (Shader::Topk, "topk_select", &[3, 4, 5, 6, 7]),
+        (Shader::GrKan, "grkan_forward", &[1, 2, 3, 5]),
+        (
+            Shader::GrKan,
+            "grkan_backward_partials",
+            &[1, 2, 3, 4, 5, 6],
+        ),
+        (Shader::GrKan, "grkan_backward_reduce", &[6, 7, 8]),
+        (Shader::Gumbel, "gumbel_noise", &[2]),
+        (Shader::Ceiling, "fma_peak", &[1]),
+    ] {
+        assert_eq!(bindings(s, e), want, "{s}.wgsl {e}");
+    }
 }
