@@ -39,6 +39,18 @@ pub trait BenchTarget: Kernels {
     }
 }
 
+/// `method`, followed by the reason each ceiling in `results` that could not be measured
+/// failed (a report says why a ceiling is missing).
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn with_failures(mut method: String, results: &[(&str, Option<&flashneck_core::Error>)]) -> String {
+    for (what, err) in results {
+        if let Some(e) = err {
+            method.push_str(&format!("; {what} failed: {e}"));
+        }
+    }
+    method
+}
+
 mod cpu {
     use super::*;
     use crate::limits;
@@ -86,22 +98,18 @@ mod cuda {
             let gemm = self.gemm_bf16_tflops(8192);
             // f32 cases (the SIMT attention, f32 GR-KAN and Gumbel) run on the CUDA cores.
             let gemm_f32 = self.gemm_f32_tflops(4096);
-            let mut method = "copy: CudaBackend::copy_bandwidth_gbs, device-to-device copy of 1 \
-                              GiB (bytes read + written); GEMM: CudaBackend::gemm_bf16_tflops, \
-                              cuBLAS bf16 8192^3 on random values with f32 accumulation; f32 \
-                              cases against CudaBackend::gemm_f32_tflops, cuBLAS f32 4096^3 \
-                              (default math, no TF32)"
-                .to_string();
-            // A ceiling that could not be measured says why in the report.
-            for (what, err) in [
-                ("copy", copy.as_ref().err()),
-                ("GEMM", gemm.as_ref().err()),
-                ("f32 GEMM", gemm_f32.as_ref().err()),
-            ] {
-                if let Some(e) = err {
-                    method.push_str(&format!("; {what} failed: {e}"));
-                }
-            }
+            let method = super::with_failures(
+                "copy: CudaBackend::copy_bandwidth_gbs, device-to-device copy of 1 GiB (bytes \
+                 read + written); GEMM: CudaBackend::gemm_bf16_tflops, cuBLAS bf16 8192^3 on \
+                 random values with f32 accumulation; f32 cases against \
+                 CudaBackend::gemm_f32_tflops, cuBLAS f32 4096^3 (default math, no TF32)"
+                    .to_string(),
+                &[
+                    ("copy", copy.as_ref().err()),
+                    ("GEMM", gemm.as_ref().err()),
+                    ("f32 GEMM", gemm_f32.as_ref().err()),
+                ],
+            );
             Limits {
                 copy_gbs: copy.ok(),
                 gemm_tflops: gemm.ok(),
@@ -146,17 +154,15 @@ mod wgpu {
             // partial wave costs little); a CPU adapter needs far fewer.
             let workgroups = if self.is_software() { 256 } else { 1 << 14 };
             let fma = self.fma_peak_tflops(workgroups, 20.0);
-            let mut method = format!(
-                "copy: WgpuBackend::copy_bandwidth_gbs, buffer-to-buffer copy of 128 MiB \
-                 (bytes read + written); compute: WgpuBackend::fma_peak_tflops, f32 FMA peak \
-                 (ceiling.wgsl, {workgroups} workgroups of 256 threads, 32 independent FMA \
-                 chains each, best of 5 runs of at least 20 ms)"
+            let method = super::with_failures(
+                format!(
+                    "copy: WgpuBackend::copy_bandwidth_gbs, buffer-to-buffer copy of 128 MiB \
+                     (bytes read + written); compute: WgpuBackend::fma_peak_tflops, f32 FMA \
+                     peak (ceiling.wgsl, {workgroups} workgroups of 256 threads, 32 \
+                     independent FMA chains each, best of 5 runs of at least 20 ms)"
+                ),
+                &[("copy", copy.as_ref().err()), ("FMA", fma.as_ref().err())],
             );
-            for (what, err) in [("copy", copy.as_ref().err()), ("FMA", fma.as_ref().err())] {
-                if let Some(e) = err {
-                    method.push_str(&format!("; {what} failed: {e}"));
-                }
-            }
             Limits {
                 copy_gbs: copy.ok(),
                 gemm_tflops: fma.ok(),
