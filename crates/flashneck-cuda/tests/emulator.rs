@@ -920,32 +920,39 @@ fn cp_async_copies_and_faults_when_misaligned() {
     assert!(err.contains("not 16-byte aligned"), "{err}");
 }
 
-#[test]
-fn cp_async_copies_land_only_at_the_wait_covering_their_group() {
+/// `emu_selftest_cp_async_groups` on 512 floats of `src` (16-byte aligned chunks) with its
+/// `waited` mode; the 512 floats it copied out, or the launch's error.
+fn cp_async_groups(src: &[[f32; 4]], waited: i32) -> Result<Vec<f32>, String> {
+    let mut dst = vec![0.0f32; 512];
+    let (mut sp, mut dp, mut w) = (src.as_ptr().cast::<f32>(), dst.as_mut_ptr(), waited);
+    // SAFETY: each argument points at a local of the kernel's parameter type, and the buffers
+    // they point at outlive the call and cover every element this launch reads or writes.
+    unsafe {
+        emu::launch(
+            "emu_selftest_cp_async_groups",
+            &cfg([1, 1, 1], [64, 1, 1], 0),
+            &mut args!(sp, dp, w),
+        )
+    }
+    .map(|()| dst)
+}
+
+/// 128 random 16-byte chunks (512 floats) and the same values flat.
+fn random_chunks() -> (Vec<[f32; 4]>, Vec<f32>, u64) {
     let (mut rng, seed) = fresh_rng();
     let src: Vec<f32> = (0..512).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
-    // 16-byte aligned storage for the source.
-    let chunks: Vec<[f32; 4]> = src.chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect();
-    let run = |waited: i32| {
-        let mut dst = vec![0.0f32; 512];
-        let (mut sp, mut dp, mut w) = (chunks.as_ptr().cast::<f32>(), dst.as_mut_ptr(), waited);
-        // SAFETY: each argument points at a local of the kernel's parameter type, and the buffers
-        // they point at outlive the call and cover every element this launch reads or writes.
-        unsafe {
-            emu::launch(
-                "emu_selftest_cp_async_groups",
-                &cfg([1, 1, 1], [64, 1, 1], 0),
-                &mut args!(sp, dp, w),
-            )
-        }
-        .unwrap();
-        dst
-    };
+    let chunks = src.chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect();
+    (chunks, src, seed)
+}
+
+#[test]
+fn cp_async_copies_land_only_at_the_wait_covering_their_group() {
+    let (chunks, src, seed) = random_chunks();
     // Both groups waited for: everything landed.
-    assert_eq!(run(0), src, "seed {seed}");
+    assert_eq!(cp_async_groups(&chunks, 0).unwrap(), src, "seed {seed}");
     // Only the older group waited for: the newer one still reads as poison (a kernel that
     // waits too little fails on the emulator instead of passing by luck).
-    let early = run(1);
+    let early = cp_async_groups(&chunks, 1).unwrap();
     assert_eq!(early[..256], src[..256], "seed {seed}");
     assert!(
         early[256..].iter().all(|v| v.to_bits() == u32::MAX),
@@ -958,29 +965,16 @@ fn cp_async_copies_land_only_at_the_wait_covering_their_group() {
 /// next launch of the same grid.
 #[test]
 fn cp_async_in_flight_at_thread_exit_faults() {
-    let src: Vec<[f32; 4]> = (0..128).map(|i| [i as f32; 4]).collect();
-    let launch = |waited: i32| {
-        let mut dst = vec![0.0f32; 512];
-        let (mut sp, mut dp, mut w) = (src.as_ptr().cast::<f32>(), dst.as_mut_ptr(), waited);
-        // SAFETY: each argument points at a local of the kernel's parameter type, and the buffers
-        // they point at outlive the call and cover every element this launch reads or writes.
-        unsafe {
-            emu::launch(
-                "emu_selftest_cp_async_groups",
-                &cfg([1, 1, 1], [64, 1, 1], 0),
-                &mut args!(sp, dp, w),
-            )
-        }
-        .map(|()| dst)
-    };
-    let err = launch(2).expect_err("a copy in flight at thread exit must be an error");
+    let (chunks, src, seed) = random_chunks();
+    let err =
+        cp_async_groups(&chunks, 2).expect_err("a copy in flight at thread exit must be an error");
     assert!(err.contains("emulator fault in block (0,0,0)"), "{err}");
     assert!(
         err.contains("still in flight when its thread exited"),
         "{err}"
     );
-    let flat: Vec<f32> = src.iter().flatten().copied().collect();
-    assert_eq!(launch(0).expect("the next launch starts clean"), flat);
+    let next = cp_async_groups(&chunks, 0).expect("the next launch starts clean");
+    assert_eq!(next, src, "seed {seed}");
 }
 
 #[test]
