@@ -15,7 +15,9 @@
 //! sizes of its workgroup-memory globals, because neither naga nor lavapipe checks them against
 //! `max_compute_workgroup_storage_size`; the backend refuses a shader that does not fit.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex, OnceLock};
 
 const COMMON: &str = include_str!("../../../kernels/wgsl/common.wgsl");
 /// Workgroup tree reductions (`Lane`, `red`, `reduce_sum`, `reduce_max`) sized by the op's `WG`.
@@ -323,21 +325,33 @@ impl fmt::Display for Shader {
 /// Parse and validate a shader built for variant `v` with naga (no device needed), with the
 /// capabilities that variant needs. Errors carry naga's report.
 pub fn validate(shader: Shader, v: Variant) -> Result<naga::Module, String> {
-    Ok(validated(shader, v)?.0)
+    Ok(validated(shader, v)?.0.clone())
 }
 
-fn validated(
-    shader: Shader,
-    v: Variant,
-) -> Result<(naga::Module, naga::valid::ModuleInfo), String> {
+/// A shader's module and naga's analysis of it.
+type Validated = Arc<(naga::Module, naga::valid::ModuleInfo)>;
+
+/// [`validate`]'s module with its analysis, parsed once per process for each (shader, variant):
+/// every new pipeline and every backend's op check asks for one.
+fn validated(shader: Shader, v: Variant) -> Result<Validated, String> {
+    static CACHE: OnceLock<Mutex<HashMap<(Shader, Variant), Validated>>> = OnceLock::new();
     let v = shader.variant(v);
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(hit) = cache.lock().map_err(|e| e.to_string())?.get(&(shader, v)) {
+        return Ok(hit.clone());
+    }
     let src = shader.source(v);
     let module = naga::front::wgsl::parse_str(&src)
         .map_err(|e| format!("{shader}.wgsl ({v}): {}", e.emit_to_string(&src)))?;
     let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), v.capabilities())
         .validate(&module)
         .map_err(|e| format!("{shader}.wgsl ({v}): {}", e.emit_to_string(&src)))?;
-    Ok((module, info))
+    let done = Arc::new((module, info));
+    cache
+        .lock()
+        .map_err(|e| e.to_string())?
+        .insert((shader, v), done.clone());
+    Ok(done)
 }
 
 /// What one entry point of a shader needs from the device, once specialised.
@@ -361,14 +375,15 @@ pub fn entry_resources(
     entry: &str,
     constants: &[(&str, f64)],
 ) -> Result<EntryResources, String> {
-    let (module, info) = validated(shader, v)?;
+    let validated = validated(shader, v)?;
+    let (module, info) = &*validated;
     let mut values = naga::back::PipelineConstants::default();
     for &(name, value) in constants {
         values.insert(name.to_string(), value);
     }
     let (module, _) = naga::back::pipeline_constants::process_overrides(
-        &module,
-        &info,
+        module,
+        info,
         Some((naga::ShaderStage::Compute, entry)),
         &values,
     )
