@@ -418,7 +418,7 @@ mod tests {
     }
 
     #[test]
-    fn cubin_file_names_differ_by_source_and_arch_and_are_stable() {
+    fn cubin_file_names_differ_by_source_and_arch() {
         let names: Vec<String> = (0..kernels::SOURCES.len())
             .flat_map(|s| ["sm_80", "sm_90"].map(|a| cubin_file_name(s, a)))
             .collect();
@@ -426,7 +426,6 @@ mod tests {
             assert!(a.ends_with(".cubin"), "{a}");
             assert!(names[i + 1..].iter().all(|b| b != a), "{a} twice");
         }
-        assert_eq!(cubin_file_name(0, "sm_90"), cubin_file_name(0, "sm_90"));
         assert!(cubin_file_name(0, "sm_90").starts_with("grkan-sm_90-"));
     }
 

@@ -44,7 +44,7 @@ fn grkan_case<T: Element>(b: &CudaBackend, rng: &mut StdRng, seed: u64, p: GrKan
     let ad = b.upload(&a).unwrap();
     let bd = b.upload(&bb).unwrap();
     let dyd = b.upload(&dy).unwrap();
-    let mut y = b.upload(&vec![T::from_f32(f32::NAN); p.x_len()]).unwrap();
+    let mut y = nan_buffer::<_, T>(b, p.x_len());
     b.grkan_forward(&p, &xd, &ad, &bd, &mut y).unwrap();
     assert_close(
         &format!("y {what}"),
@@ -54,9 +54,9 @@ fn grkan_case<T: Element>(b: &CudaBackend, rng: &mut StdRng, seed: u64, p: GrKan
         seed,
     );
 
-    let mut dx = b.upload(&vec![T::from_f32(f32::NAN); p.x_len()]).unwrap();
-    let mut da = b.upload(&vec![f32::NAN; p.a_len()]).unwrap();
-    let mut db = b.upload(&vec![f32::NAN; p.b_len()]).unwrap();
+    let mut dx = nan_buffer::<_, T>(b, p.x_len());
+    let mut da = nan_buffer::<_, f32>(b, p.a_len());
+    let mut db = nan_buffer::<_, f32>(b, p.b_len());
     b.grkan_backward(&p, &xd, &ad, &bd, &dyd, &mut dx, &mut da, &mut db)
         .unwrap();
     assert_close(
@@ -125,8 +125,8 @@ fn grkan_zero_rows_gives_zero_gradients() {
     let a = b.upload(&vec![1.0f32; p.a_len()]).unwrap();
     let bb = b.upload(&vec![1.0f32; p.b_len()]).unwrap();
     let mut dx = b.alloc::<f32>(0).unwrap();
-    let mut da = b.upload(&vec![f32::NAN; p.a_len()]).unwrap();
-    let mut db = b.upload(&vec![f32::NAN; p.b_len()]).unwrap();
+    let mut da = nan_buffer::<_, f32>(&b, p.a_len());
+    let mut db = nan_buffer::<_, f32>(&b, p.b_len());
     b.grkan_backward(&p, &x, &a, &bb, &x, &mut dx, &mut da, &mut db)
         .unwrap();
     assert!(b.download(&da).unwrap().iter().all(|&v| v == 0.0));
@@ -201,13 +201,13 @@ fn grkan_divides_correctly_for_huge_denominators() {
         b.upload(&bb).unwrap(),
         b.upload(&dy).unwrap(),
     );
-    let mut y = b.upload(&vec![f32::NAN; p.x_len()]).unwrap();
+    let mut y = nan_buffer::<_, f32>(&b, p.x_len());
     b.grkan_forward(&p, &xd, &ad, &bd, &mut y).unwrap();
     let tol = DType::F32.elementwise_tolerance();
     assert_close("y, huge Q", &b.download(&y).unwrap(), &y_ref, tol, 0);
-    let mut dx = b.upload(&vec![f32::NAN; p.x_len()]).unwrap();
-    let mut da = b.upload(&[f32::NAN; 1]).unwrap();
-    let mut db = b.upload(&[f32::NAN; 4]).unwrap();
+    let mut dx = nan_buffer::<_, f32>(&b, p.x_len());
+    let mut da = nan_buffer::<_, f32>(&b, 1);
+    let mut db = nan_buffer::<_, f32>(&b, 4);
     b.grkan_backward(&p, &xd, &ad, &bd, &dyd, &mut dx, &mut da, &mut db)
         .unwrap();
     let (_, da_ref, db_ref) = grkan::grkan_backward(&p, &xf, &af, &bf, &vec![1.0; p.x_len()]);
@@ -253,8 +253,8 @@ fn gumbel_case<T: Element>(b: &CudaBackend, rng: &mut StdRng, seed: u64, rows: u
     let ld = b.upload(&logits).unwrap();
 
     // Soft: y in T, y_soft in f32.
-    let mut y = b.upload(&vec![T::from_f32(f32::NAN); p.len()]).unwrap();
-    let mut ys = b.upload(&vec![f32::NAN; p.len()]).unwrap();
+    let mut y = nan_buffer::<_, T>(b, p.len());
+    let mut ys = nan_buffer::<_, f32>(b, p.len());
     b.gumbel_softmax_forward(&p, &ld, &mut y, Some(&mut ys))
         .unwrap();
     assert_close(
@@ -277,7 +277,7 @@ fn gumbel_case<T: Element>(b: &CudaBackend, rng: &mut StdRng, seed: u64, rows: u
     // Hard: a one-hot whose class is the oracle's argmax, or one whose soft value is the maximum
     // to within f32 rounding (a near-tie the f32 noise may order either way).
     let ph = p.with_hard(true);
-    let mut yh = b.upload(&vec![T::from_f32(f32::NAN); p.len()]).unwrap();
+    let mut yh = nan_buffer::<_, T>(b, p.len());
     b.gumbel_softmax_forward(&ph, &ld, &mut yh, None).unwrap();
     let yh = b.download(&yh).unwrap();
     for r in 0..rows {
@@ -307,7 +307,7 @@ fn gumbel_case<T: Element>(b: &CudaBackend, rng: &mut StdRng, seed: u64, rows: u
     let ysf: Vec<f64> = ys_host.iter().map(|&v| f64::from(v)).collect();
     let want = gumbel::gumbel_backward(&p, &ysf, &dyf);
     let dyd = b.upload(&dy).unwrap();
-    let mut dl = b.upload(&vec![T::from_f32(f32::NAN); p.len()]).unwrap();
+    let mut dl = nan_buffer::<_, T>(b, p.len());
     b.gumbel_softmax_backward(&p, &ys, &dyd, &mut dl).unwrap();
     assert_close(
         &format!("dlogits {what}"),
@@ -349,7 +349,7 @@ fn gumbel_noise_matches_the_oracle() {
         (7, 3, 1031),
         (u64::MAX, 1 << 40, 4096),
     ] {
-        let mut out = b.upload(&vec![f32::NAN; n]).unwrap();
+        let mut out = nan_buffer::<_, f32>(&b, n);
         b.gumbel_noise(seed, offset, &mut out).unwrap();
         let got: Vec<f64> = b
             .download(&out)
@@ -376,7 +376,7 @@ fn gumbel_noise_matches_the_oracle() {
 /// the CUDA kernels do not take, and `block_topk` on random (inexact) inputs against the CPU.
 mod attention_forward {
     use super::{backend, fresh_rng, random_input};
-    use flashneck_conformance::assert_close;
+    use flashneck_conformance::{assert_close, nan_buffer};
     use flashneck_core::{
         AttentionOps, AttentionParams, AttentionShape, Backend, BlockLayout, DType, Element, Error,
         SparseAttentionOps, SparseEpilogue, TopkParams,
@@ -407,8 +407,8 @@ mod attention_forward {
             b.upload(&k).unwrap(),
             b.upload(&v).unwrap(),
         );
-        let mut o = b.upload(&vec![T::from_f32(f32::NAN); s.o_len()]).unwrap();
-        let mut lse = b.upload(&vec![f32::NAN; s.lse_len()]).unwrap();
+        let mut o = nan_buffer::<_, T>(b, s.o_len());
+        let mut lse = nan_buffer::<_, f32>(b, s.lse_len());
         let (rho_d, res_d) = (b.upload(&rho).unwrap(), b.upload(&res).unwrap());
         match layout {
             None => b
