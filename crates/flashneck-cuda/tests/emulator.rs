@@ -923,7 +923,8 @@ fn cp_async_copies_and_faults_when_misaligned() {
 /// `emu_selftest_cp_async_groups` on 512 floats of `src` (16-byte aligned chunks) with its
 /// `waited` mode; the 512 floats it copied out, or the launch's error.
 fn cp_async_groups(src: &[[f32; 4]], waited: i32) -> Result<Vec<f32>, String> {
-    let mut dst = vec![0.0f32; 512];
+    // NaN until the kernel writes it (its poison from cp.async is all ones, another NaN).
+    let mut dst = vec![f32::NAN; 512];
     let (mut sp, mut dp, mut w) = (src.as_ptr().cast::<f32>(), dst.as_mut_ptr(), waited);
     // SAFETY: each argument points at a local of the kernel's parameter type, and the buffers
     // they point at outlive the call and cover every element this launch reads or writes.
