@@ -126,6 +126,10 @@ fn noise_from_word(x: u32) -> f32 {
 // reduce_subgroup.wgsl's) workgroup reductions when a row has the whole workgroup, else a tree
 // within each row's slots of `red`. All threads get their row's result.
 fn row_reduce(lane: Lane, v: f32, is_max: bool) -> f32 {
+    // A row of one thread (K <= 13) is reduced already: no barrier (TPR is uniform).
+    if (TPR == 1u) {
+        return v;
+    }
     if (TPR == WG) {
         if (is_max) {
             return reduce_max(lane, v);
@@ -150,6 +154,9 @@ fn row_reduce(lane: Lane, v: f32, is_max: bool) -> f32 {
 // The index of the largest value among the TPR threads of this thread's row; ties go to the
 // lowest index.
 fn reduce_argmax(lid: u32, v: f32, i: u32) -> u32 {
+    if (TPR == 1u) {
+        return i;
+    }
     red[lid] = v;
     red_idx[lid] = i;
     workgroupBarrier();
