@@ -20,10 +20,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
     // The bundle carries cubins compiled here by NVRTC: where the loader has none but pip's is
     // installed, run again with it on the path (without any, the bundle warns and goes on).
     if !flashneck_cuda::nvrtc::present()
-        && std::env::var_os(crate::kernels::REEXEC_FLAG).is_none()
-        && crate::kernels::python_nvrtc_dir().is_some()
+        && let Some(outcome) = crate::kernels::rerun_with_nvrtc_path("gpu-bundle")
     {
-        return crate::kernels::rerun_with_nvrtc_path("gpu-bundle");
+        return outcome;
     }
     let root = crate::workspace_root();
     let out = root.join(BUNDLE);

@@ -17,7 +17,7 @@ use std::process::Command;
 const PTX_ARCHES: [&str; 2] = ["compute_80", "compute_90"];
 const CUBIN_ARCHES: [&str; 2] = ["sm_80", "sm_90"];
 /// Set in the re-run, so that it never re-runs again.
-pub(crate) const REEXEC_FLAG: &str = "FLASHNECK_NVRTC_REEXEC";
+const REEXEC_FLAG: &str = "FLASHNECK_NVRTC_REEXEC";
 
 /// What ptxas reported for one kernel on one architecture.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -41,7 +41,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         return Err(format!("kernels takes no arguments, got {args:?}"));
     }
     if !nvrtc::present() {
-        return rerun_with_nvrtc_path("kernels");
+        return rerun_with_nvrtc_path("kernels").unwrap_or_else(|| Err(NVRTC_MISSING.into()));
     }
     let (major, minor) = nvrtc::version()?;
     println!("NVRTC {major}.{minor}");
@@ -117,7 +117,7 @@ fn read(path: &Path) -> Result<String, String> {
 }
 
 /// Python's `nvidia/cu13/lib`, where pip's NVRTC wheel puts libnvrtc.
-pub(crate) fn python_nvrtc_dir() -> Option<PathBuf> {
+fn python_nvrtc_dir() -> Option<PathBuf> {
     let out = Command::new("python3")
         .args([
             "-c",
@@ -130,31 +130,37 @@ pub(crate) fn python_nvrtc_dir() -> Option<PathBuf> {
     dir.join("libnvrtc.so.13").exists().then_some(dir)
 }
 
+/// What the kernel check needs and the loader did not find.
+const NVRTC_MISSING: &str = "libnvrtc (CUDA 13) not found: install \
+    `nvidia-cuda-nvrtc==13.0.88` (pip) or put its lib folder on LD_LIBRARY_PATH";
+
 /// Run this xtask's `subcommand` again in a child whose `LD_LIBRARY_PATH` holds pip's NVRTC
-/// (the loader reads the variable only at start-up); an error if there is none.
-pub(crate) fn rerun_with_nvrtc_path(subcommand: &str) -> Result<(), String> {
-    let missing = "libnvrtc (CUDA 13) not found: install `nvidia-cuda-nvrtc==13.0.88` (pip) or put \
-                   its lib folder on LD_LIBRARY_PATH";
+/// (the loader reads the variable only at start-up) and return its outcome; `None` when there
+/// is no pip NVRTC to add, or this process is that child already.
+pub(crate) fn rerun_with_nvrtc_path(subcommand: &str) -> Option<Result<(), String>> {
     if std::env::var_os(REEXEC_FLAG).is_some() {
-        return Err(missing.into());
+        return None;
     }
-    let dir = python_nvrtc_dir().ok_or(missing)?;
+    let dir = python_nvrtc_dir()?;
     let path = match std::env::var("LD_LIBRARY_PATH") {
         Ok(p) if !p.is_empty() => format!("{}:{p}", dir.display()),
         _ => dir.display().to_string(),
     };
-    let exe = std::env::current_exe().map_err(|e| format!("cannot re-run myself: {e}"))?;
-    let status = Command::new(exe)
-        .arg(subcommand)
-        .env("LD_LIBRARY_PATH", path)
-        .env(REEXEC_FLAG, "1")
-        .status()
-        .map_err(|e| format!("cannot re-run myself: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("`cargo xtask {subcommand}` failed (see above)"))
-    }
+    let run = || {
+        let exe = std::env::current_exe().map_err(|e| format!("cannot re-run myself: {e}"))?;
+        let status = Command::new(exe)
+            .arg(subcommand)
+            .env("LD_LIBRARY_PATH", path)
+            .env(REEXEC_FLAG, "1")
+            .status()
+            .map_err(|e| format!("cannot re-run myself: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("`cargo xtask {subcommand}` failed (see above)"))
+        }
+    };
+    Some(run())
 }
 
 /// The numbers ptxas prints for each entry function:
