@@ -1,8 +1,9 @@
 //! The CUDA attention backward on the emulated device: what the conformance suite does not
-//! guarantee. The suite (tests/conformance_emu.rs) checks the backward on random shapes whose
-//! head dim lands on 64 or 128 by chance, always after the backend's own forward, and checks
-//! bitwise determinism. Here, with `O` and `LSE` from the CPU backend (so that the backward is
-//! checked on its own), **both** head dims run in every dtype, dense and sparse, each on a shape
+//! guarantee. The suite (tests/conformance_emu.rs) checks the backward always after the
+//! backend's own forward (`every_head_dim` for each head dim and dtype), and checks bitwise
+//! determinism. Here, with `O` and `LSE` from the CPU backend (so that the backward is checked
+//! on its own, and an error the forward and backward share cannot cancel), both head dims run
+//! in every dtype, dense and sparse, each on a shape
 //! with several 64-row blocks, ragged ends, `Lq ≠ Lk`, GQA and causal (fully masked rows where
 //! `Lq > Lk`), against the f64 oracle with NaN-poisoned outputs; and head dims without a
 //! compiled kernel are refused with `Unsupported` before any launch. The kernels give the same
